@@ -1,0 +1,226 @@
+"""The pipeline in a few calls: train an explainer, explain filters, evaluate them.
+
+Example:
+    >>> import lavise
+    >>> explainer = lavise.train("efficientnet-lite0", "coco-panoptic:sample/coco-panoptic", "train2017")
+    >>> result = lavise.explain(explainer, images="coco-panoptic:sample/coco-panoptic", split="val2017")
+    >>> print(result.table())
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from pathlib import Path
+from typing import Any, Sequence
+
+import torch
+
+from lavise.config import Config
+from lavise.datasets import ReferenceDataset, load_dataset
+from lavise.explain import Explanations, explain_filters
+from lavise.explainer import (
+    ConceptFeatures,
+    Explainer,
+    fit_head,
+    pool_concept_features,
+    split_concepts,
+)
+from lavise.features import FeatureStore, extract_features
+from lavise.models import TargetModel, load_model
+from lavise.statistics import FilterStats, compute_filter_stats
+from lavise.vocabulary import load_vocabulary
+from lavise.wordspace import WordSpace, load_word_space
+
+logger = logging.getLogger(__name__)
+
+__all__ = ["train", "explain", "prepare_model", "open_dataset", "features_of", "filter_stats"]
+
+
+def prepare_model(model: str | TargetModel | None, config: Config) -> TargetModel:
+    """Loads ``model`` (name or ready :class:`TargetModel`) onto the configured device."""
+    if isinstance(model, TargetModel):
+        target = model
+    else:
+        target = load_model(model or config.model, config.weights, allow_pickle=config.allow_pickle)
+    return target.to(config.resolved_device())
+
+
+def open_dataset(spec: str | ReferenceDataset | Sequence[str], split: str | None, model: TargetModel) -> Any:
+    """A dataset (or several combined, deduplicated by image id) with the model's preprocessing.
+
+    ``spec`` is ``FORMAT:PATH`` or a plain folder of images.
+    """
+    from lavise.datasets import CombinedDataset
+
+    if isinstance(spec, (list, tuple)):
+        parts = [open_dataset(s, split, model) for s in spec]
+        return parts[0] if len(parts) == 1 else CombinedDataset(parts)
+    if not isinstance(spec, str):
+        return spec
+    if ":" not in spec or (len(spec) > 1 and spec[1] == ":" and Path(spec).exists()):
+        spec = f"folder:{spec}"
+    return load_dataset(spec, split=split, preprocessing=model.preprocessing)
+
+
+def features_of(model: TargetModel, layer: str, dataset: Any, config: Config) -> FeatureStore:
+    """Cached features of ``layer`` for ``dataset`` (computed once)."""
+    return extract_features(
+        model, layer, dataset, config.cache_root(),
+        batch_size=config.image_batch_size, num_workers=config.num_workers,
+        channels_last=config.channels_last, progress=config.progress,
+    )
+
+
+def filter_stats(store: FeatureStore, config: Config) -> FilterStats:
+    """Filter statistics of ``store``, cached beside its features."""
+    path = Path(store.path) / f"stats-q{config.quantile:g}-k{config.top_images}.safetensors"
+    if path.is_file():
+        return FilterStats.load(path)
+    stats = compute_filter_stats(store, quantile=config.quantile, top_k=config.top_images,
+                                 progress=config.progress)
+    stats.save(path)
+    return stats
+
+
+def _holdout_rows(store: FeatureStore, fraction: float, seed: int) -> set[int]:
+    rows = store.valid_indices().tolist()
+    n = int(round(fraction * len(rows)))
+    g = torch.Generator().manual_seed(seed)
+    perm = torch.randperm(len(rows), generator=g)[:n].tolist()
+    return {rows[i] for i in perm}
+
+
+def train(
+    model: str | TargetModel | None,
+    reference: str | Sequence[str] | ReferenceDataset,
+    split: str | None = None,
+    *,
+    config: Config | None = None,
+    out: str | Path | None = None,
+    **overrides: Any,
+) -> Explainer:
+    """Trains a LaViSE explainer for one layer on reference datasets (Algorithm 1).
+
+    Args:
+        model: Model name or a :class:`TargetModel` (default: ``config.model``).
+        reference: ``FORMAT:PATH`` spec(s) of annotated reference data, or a dataset.
+        split: Split of the reference data (``train2017``...).
+        config: Settings (default :class:`Config`); ``overrides`` replace fields of it.
+        out: Write the checkpoint to this folder.
+
+    Returns:
+        The explainer; its ``meta`` holds the per-epoch held-out accuracies.
+    """
+    config = (config or Config()).replace(**overrides) if overrides else (config or Config())
+    start = time.time()
+    target = prepare_model(model, config)
+    layer = target.layer(config.layer).name
+    dataset = open_dataset(reference, split, target)
+    if len(dataset) == 0:
+        raise ValueError("the reference dataset is empty")
+    word_space = load_word_space(config.word_space)
+    store = features_of(target, layer, dataset, config)
+    pairs = pool_concept_features(store, dataset, num_workers=config.num_workers, progress=config.progress)
+    _, kept, missing = word_space.concept_matrix(sorted(set(pairs.concepts)))
+    split_ = split_concepts(kept, config.seen_fraction, config.seed, missing)
+    head, history = None, []
+    if "trained" in config.explainer:
+        heldout_rows = _holdout_rows(store, config.holdout_fraction, config.seed)
+        is_held = torch.tensor([int(r) in heldout_rows for r in pairs.images.tolist()], dtype=torch.bool)
+        train_pairs = pairs.select(torch.nonzero(~is_held).flatten())
+        held_pairs = pairs.select(torch.nonzero(is_held).flatten()) if is_held.any() else None
+        head, history = fit_head(
+            train_pairs, held_pairs, split_, word_space,
+            epochs=config.epochs, lr=config.lr, batch_size=config.batch_size, seed=config.seed,
+            device=config.resolved_device(), progress=config.progress,
+        )
+    references = [reference] if isinstance(reference, str) else [str(r) for r in reference] if isinstance(reference, (list, tuple)) else [getattr(reference, "name", "dataset")]
+    meta = {
+        "training": {
+            "references": references,
+            "split": split,
+            "images": len(store),
+            "unreadable_images": sorted(store.failed),
+            "pairs": len(pairs.concepts),
+            "settings": {k: config.to_dict()[k] for k in
+                         ("seen_fraction", "epochs", "lr", "batch_size", "holdout_fraction", "seed")},
+            "history": [m.to_dict() for m in history],
+            "seconds": round(time.time() - start, 2),
+        },
+        "created": time.strftime("%Y-%m-%dT%H:%M:%S"),
+    }
+    explainer = Explainer(target, layer, word_space, config.explainer, head, split_, config.conse_top, meta)
+    if out is not None:
+        explainer.save(out)
+        logger.info("checkpoint written to %s", out)
+    return explainer
+
+
+def explain(
+    explainer: Explainer | str | Path,
+    images: str | Any,
+    split: str | None = None,
+    *,
+    filters: str | Sequence[int] | None = None,
+    config: Config | None = None,
+    vocabulary: WordSpace | None = None,
+    allow: set[str] | None = None,
+    block: set[str] | None = None,
+    weight_by_activation: bool = False,
+    **overrides: Any,
+) -> Explanations:
+    """Explains the filters of the explainer's layer over target images (section 3.2).
+
+    Args:
+        explainer: An :class:`Explainer` or a checkpoint folder.
+        images: A folder of images or a ``FORMAT:PATH`` dataset spec (labels unused).
+        split: Split of a dataset spec.
+        filters: Indices or a spec like ``"0-99"`` (default: all).
+        config: Settings (method, p = ``top_images``, s, x, quantile, vocabulary...).
+        vocabulary: Words to explain with (default: from ``config.vocabulary``).
+        allow: Only these words may be chosen.
+        block: These words may not be chosen.
+        weight_by_activation: Weight each top image's words by its activation.
+    """
+    config = (config or Config()).replace(**overrides) if overrides else (config or Config())
+    if not isinstance(explainer, Explainer):
+        explainer = Explainer.load(explainer, model=_model_for_checkpoint(explainer, config))
+        explainer.model.to(config.resolved_device())
+    elif overrides.get("explainer"):
+        explainer = explainer.with_kind(config.explainer)
+    dataset = open_dataset(images, split, explainer.model)
+    if len(dataset) == 0:
+        raise ValueError("no images to explain")
+    store = features_of(explainer.model, explainer.layer, dataset, config)
+    stats = filter_stats(store, config)
+    if vocabulary is None:
+        concepts = explainer.split.concepts if explainer.split else ()
+        vocabulary = load_vocabulary(config.vocabulary, explainer.word_space, config.vocabulary_size, concepts=concepts)
+    image_loader = None
+    if config.method == "image":
+        image_loader = _image_loader(dataset, explainer.model)
+    return explain_filters(
+        explainer, store, stats, vocabulary, filters=filters, method=config.method,
+        top=min(config.top_images, len(store.valid_indices())), s=config.s, x=config.x,
+        weight_by_activation=weight_by_activation, allow=allow, block=block,
+        images=image_loader, progress=config.progress,
+    )
+
+
+def _image_loader(dataset: Any, model: TargetModel):
+    def load(rows: Sequence[int]) -> torch.Tensor:
+        imgs = [dataset[int(r)]["image"] for r in rows]
+        return model.preprocessing.normalise(torch.stack([torch.as_tensor(i) for i in imgs]))
+    return load
+
+
+def _model_for_checkpoint(path: str | Path, config: Config) -> TargetModel | None:
+    """The model a checkpoint needs, when the config names local weights for it."""
+    if config.weights:
+        import json
+
+        meta = json.loads((Path(path) / "lavise.json").read_text()) if (Path(path) / "lavise.json").is_file() else {}
+        name = meta.get("model", {}).get("name", config.model)
+        return load_model(name, config.weights, allow_pickle=config.allow_pickle)
+    return None

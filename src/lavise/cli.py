@@ -1,0 +1,273 @@
+"""The ``lavise`` command: a thin layer over the Python API.
+
+Every choice list (models, masking methods, dataset formats, word spaces,
+vocabularies, explainer kinds) comes from the registries in code.
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import logging
+import sys
+import time
+from pathlib import Path
+from typing import Any, Sequence
+
+logger = logging.getLogger("lavise")
+
+EPILOG = "Docs: README.md. Errors are one line on stderr with exit status 2."
+
+
+def _config_from(args: argparse.Namespace) -> Any:
+    from lavise.config import Config
+
+    names = {f.name for f in dataclasses.fields(Config)}
+    values = {k: v for k, v in vars(args).items() if k in names and v is not None}
+    if getattr(args, "quiet", False):
+        values["progress"] = False
+    return Config(**values)
+
+
+def _add_model(p: argparse.ArgumentParser, layer: bool = True) -> None:
+    p.add_argument("--model", help="efficientnet-lite0 (default) or a torchvision model name; see `lavise list models`")
+    p.add_argument("--weights", help="torchvision weights enum value (e.g. ResNet18_Weights.IMAGENET1K_V1) or a local state_dict / TorchScript file")
+    p.add_argument("--allow-pickle", action="store_true", default=None, help="allow loading a whole pickled model (runs code from the file)")
+    if layer:
+        p.add_argument("--layer", help="dotted module path (default: the last convolutional stage); see `lavise layers MODEL`")
+
+
+def _add_runtime(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--device", help="cpu, cuda, cuda:N or auto (default)")
+    p.add_argument("--image-batch-size", type=int, help="images per forward pass (default 8)")
+    p.add_argument("--num-workers", "--workers", type=int, dest="num_workers", help="DataLoader workers (default 0)")
+    p.add_argument("--cache-dir", help="feature cache root (default $LAVISE_CACHE_DIR or ~/.cache/lavise)")
+    p.add_argument("-q", "--quiet", action="store_true", help="no progress bars")
+    p.add_argument("-v", "--verbose", action="count", default=0, help="log more (-vv for debug)")
+
+
+def _add_words(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--vocabulary", help="default, glove, concepts, or a word-list file")
+    p.add_argument("--vocabulary-size", type=int, help="keep the N most common vocabulary words")
+    p.add_argument("--method", help="masking method; see `lavise list methods` (default attention)")
+    p.add_argument("-p", "--top-images", type=int, dest="top_images", help="top-activated images per filter (default 25)")
+    p.add_argument("-s", type=int, help="nearest words per image (default 5)")
+    p.add_argument("-x", type=int, help="words kept per filter (default 10)")
+    p.add_argument("--quantile", type=float, help="fraction of activations above T_u (default 0.005)")
+    p.add_argument("--filters", help="filters to explain, e.g. 0-99,120 (default: all)")
+    p.add_argument("--explainer", help="override the checkpoint's explainer kind: trained, conse, trained+conse")
+    p.add_argument("--allow", type=Path, help="file of words explanations may use (one per line)")
+    p.add_argument("--block", type=Path, help="file of words explanations may not use")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    from lavise.datasets import list_dataset_formats
+    from lavise.explainer import EXPLAINER_KINDS
+
+    parser = argparse.ArgumentParser(
+        prog="lavise",
+        description="Explain what every filter of a CNN has learned, in words (LaViSE, CVPR 2022).",
+        epilog=EPILOG,
+    )
+    sub = parser.add_subparsers(dest="command", required=True)
+
+    p = sub.add_parser("demo", help="train on the bundled COCO sample and explain the last layer of EfficientNet-Lite0")
+    p.add_argument("--sample", type=Path, help="sample folder (default: sample/coco-panoptic of the repository)")
+    p.add_argument("--out", type=Path, default=Path("lavise-out"), help="output folder (default lavise-out)")
+    p.add_argument("--show", type=int, default=8, help="filters to print")
+    _add_runtime(p)
+
+    p = sub.add_parser("layers", help="list the layers of a model with channel counts and map sizes")
+    p.add_argument("model", nargs="?", default="efficientnet-lite0")
+    p.add_argument("--weights")
+    p.add_argument("--allow-pickle", action="store_true", default=None)
+    p.add_argument("--all", action="store_true", help="also list shared modules that cannot be hooked")
+    p.add_argument("-v", "--verbose", action="count", default=0)
+
+    p = sub.add_parser("list", help="list the registered choices")
+    p.add_argument("what", choices=["models", "methods", "formats", "word-spaces", "vocabularies", "explainers"])
+    p.add_argument("-v", "--verbose", action="count", default=0)
+
+    p = sub.add_parser("train", help="train an explainer for one layer on annotated reference data")
+    _add_model(p)
+    p.add_argument("--reference", action="append", required=True,
+                   help=f"FORMAT:PATH, repeatable; formats: {', '.join(list_dataset_formats())}")
+    p.add_argument("--split", help="split of the reference data, e.g. train2017")
+    p.add_argument("--embeddings", dest="word_space", help="word space: glove-6b-50d (default) or a GloVe/word2vec text file")
+    p.add_argument("--explainer", choices=EXPLAINER_KINDS, help="explainer kind (default trained+conse)")
+    p.add_argument("--seen-fraction", type=float, help="share of categories that supervise training (default 0.7)")
+    p.add_argument("--epochs", type=int)
+    p.add_argument("--lr", type=float)
+    p.add_argument("--batch-size", type=int)
+    p.add_argument("--seed", type=int)
+    p.add_argument("--out", type=Path, required=True, help="checkpoint folder")
+    _add_runtime(p)
+
+    p = sub.add_parser("explain", help="explain every filter of a checkpoint's layer in words")
+    p.add_argument("--checkpoint", type=Path, required=True)
+    p.add_argument("--images", required=True, help="folder of images or FORMAT:PATH")
+    p.add_argument("--split", help="split, when --images is a dataset spec")
+    p.add_argument("--weights", help="local weights of the checkpoint's model, if it was trained on such")
+    p.add_argument("--allow-pickle", action="store_true", default=None)
+    p.add_argument("--weight-by-activation", action="store_true")
+    p.add_argument("--out", type=Path, required=True)
+    p.add_argument("--show", type=int, default=10, help="filters to print")
+    _add_words(p)
+    _add_runtime(p)
+
+    _add_evaluate_parser(sub)
+    return parser
+
+
+def _add_evaluate_parser(sub: Any) -> None:
+    try:
+        from lavise import evaluate as _  # noqa: F401
+    except ImportError:
+        return
+    from lavise.evaluate import add_cli_arguments
+
+    p = sub.add_parser("evaluate", help="score explanations against segmentation masks (paper Table 2)")
+    add_cli_arguments(p)
+    _add_runtime(p)
+
+
+def _read_words(path: Path | None) -> set[str] | None:
+    if path is None:
+        return None
+    if not path.is_file():
+        raise FileNotFoundError(f"word list not found: {path}")
+    return {w.strip().lower() for w in path.read_text().splitlines() if w.strip() and not w.startswith("#")}
+
+
+def cmd_layers(args: argparse.Namespace) -> int:
+    from lavise.models import load_model
+
+    model = load_model(args.model, args.weights, allow_pickle=bool(args.allow_pickle))
+    size = model.preprocessing.crop
+    print(f"{model.name} at {size}x{size} (default layer: {model.default_layer})")
+    print(f"{'layer':<40} {'channels':>8} {'map':>9}")
+    for info in model.layers():
+        if info.calls > 1 and not args.all:
+            continue
+        note = f"  (shared: runs {info.calls}x, not hookable)" if info.calls > 1 else ""
+        mark = " *" if info.name == model.default_layer else ""
+        print(f"{info.name:<40} {info.channels:>8} {info.height:>4}x{info.width:<4}{note}{mark}")
+    return 0
+
+
+def cmd_list(args: argparse.Namespace) -> int:
+    from lavise.datasets import list_dataset_formats
+    from lavise.explainer import EXPLAINER_KINDS
+    from lavise.masking import list_masking_methods
+    from lavise.models import list_models
+    from lavise.vocabulary import list_vocabularies
+    from lavise.wordspace import list_word_spaces
+
+    choices = {
+        "models": list_models, "methods": list_masking_methods, "formats": list_dataset_formats,
+        "word-spaces": list_word_spaces, "vocabularies": list_vocabularies,
+        "explainers": lambda: list(EXPLAINER_KINDS),
+    }
+    print("\n".join(choices[args.what]()))
+    return 0
+
+
+def cmd_train(args: argparse.Namespace) -> int:
+    from lavise.api import train
+
+    config = _config_from(args)
+    explainer = train(config.model, args.reference, args.split, config=config, out=args.out)
+    print(_training_summary(explainer, args.out))
+    return 0
+
+
+def _training_summary(explainer: Any, out: Path) -> str:
+    t = explainer.meta.get("training", {})
+    split = explainer.split
+    lines = [f"trained {explainer.kind} explainer for {explainer.model.name} {explainer.layer} "
+             f"on {t.get('images')} images, {t.get('pairs')} concept masks"]
+    if split:
+        lines.append(f"concepts: {len(split.seen)} seen, {len(split.unseen)} unseen"
+                     + (f", {len(split.missing)} without word vector" if split.missing else ""))
+    hist = t.get("history") or []
+    if hist:
+        h = hist[-1]
+        fmt = lambda v: "n/a" if v is None or v != v else f"{v:.2f}"  # noqa: E731
+        lines.append(f"held-out accuracy after {h['epoch']} epochs: seen top-1 {fmt(h['seen_top1'])} "
+                     f"top-5 {fmt(h['seen_top5'])}; unseen top-1 {fmt(h['unseen_top1'])} top-5 {fmt(h['unseen_top5'])}")
+    lines.append(f"checkpoint: {out}")
+    return "\n".join(lines)
+
+
+def cmd_explain(args: argparse.Namespace) -> int:
+    from lavise.api import explain
+
+    config = _config_from(args)
+    result = explain(
+        args.checkpoint, args.images, args.split, filters=args.filters, config=config,
+        allow=_read_words(args.allow), block=_read_words(args.block),
+        weight_by_activation=args.weight_by_activation,
+        **({"explainer": args.explainer} if args.explainer else {}),
+    )
+    js, cs = result.save(args.out)
+    print(result.table(limit=args.show))
+    print(f"wrote {js} and {cs}")
+    return 0
+
+
+def find_sample() -> Path:
+    """The bundled COCO sample: ./sample/coco-panoptic or the repository's copy."""
+    candidates = [Path.cwd() / "sample" / "coco-panoptic",
+                  Path(__file__).resolve().parents[2] / "sample" / "coco-panoptic"]
+    for c in candidates:
+        if (c / "annotations").is_dir():
+            return c
+    raise FileNotFoundError("bundled sample not found (run from the repository or pass --sample)")
+
+
+def cmd_demo(args: argparse.Namespace) -> int:
+    from lavise.api import explain, train
+
+    start = time.time()
+    config = _config_from(args)
+    sample = args.sample or find_sample()
+    spec = f"coco-panoptic:{sample}"
+    out = Path(args.out)
+    print(f"1/2 training a {config.explainer} explainer for {config.model} on {sample} (train2017)")
+    explainer = train(config.model, spec, "train2017", config=config, out=out / "checkpoint")
+    print(_training_summary(explainer, out / "checkpoint"))
+    print(f"2/2 explaining every filter of {explainer.layer} on the held-out val2017 images")
+    result = explain(explainer, spec, "val2017", config=config)
+    js, cs = result.save(out)
+    print(result.table(limit=args.show))
+    print(f"wrote {js} and {cs} in {time.time() - start:.0f} s")
+    return 0
+
+
+COMMANDS = {"demo": cmd_demo, "layers": cmd_layers, "list": cmd_list, "train": cmd_train, "explain": cmd_explain}
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Entry point of the ``lavise`` console script."""
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    level = {0: logging.WARNING, 1: logging.INFO}.get(getattr(args, "verbose", 0), logging.DEBUG)
+    logging.basicConfig(level=level, format="lavise: %(levelname)s: %(message)s")
+    handler = COMMANDS.get(args.command)
+    if handler is None:
+        from lavise.evaluate import run_cli
+
+        handler = run_cli
+    try:
+        return handler(args)
+    except (ValueError, FileNotFoundError, NotADirectoryError, PermissionError) as exc:
+        msg = str(exc).strip().strip("'\"") or type(exc).__name__
+        print(f"lavise: error: {msg.splitlines()[0]}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print("lavise: interrupted (the feature cache resumes where it stopped)", file=sys.stderr)
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())

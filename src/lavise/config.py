@@ -1,0 +1,127 @@
+"""One self-checking configuration for every stage; the CLI fills it from flags."""
+
+from __future__ import annotations
+
+import dataclasses
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+__all__ = ["Config"]
+
+
+@dataclass(frozen=True)
+class Config:
+    """Settings of a lavise run. Every value is checked on creation.
+
+    Defaults were chosen by measurement on the COCO training split (see
+    ``docs/results.md``), never on the evaluation split.
+
+    Attributes:
+        model: Target model name (``efficientnet-lite0`` or a torchvision classifier).
+        weights: Torchvision weights enum value or a local weights file.
+        allow_pickle: Allow loading a whole pickled model (runs code from the file).
+        layer: Dotted module path of the layer to explain (None: the model's default).
+        word_space: Registered word space name or a GloVe/word2vec text file.
+        vocabulary: ``default``, ``glove``, ``concepts`` or a word-list file.
+        vocabulary_size: Keep the N most common vocabulary words (None: all).
+        explainer: ``trained``, ``conse`` or ``trained+conse``.
+        conse_top: T, the classes ConSE averages.
+        seen_fraction: Share of reference categories that supervise training.
+        epochs: Training epochs of the explainer head (on cached pooled features).
+        lr: Adam learning rate.
+        batch_size: (image, concept) pairs per training step.
+        holdout_fraction: Share of reference images held out for per-epoch accuracy.
+        seed: Seed of the concept split, the hold-out images and training.
+        method: Masking method used to explain filters.
+        quantile: p of the threshold T_u (fraction of activations above it).
+        top_images: Top-activated images per filter used to explain it.
+        s: Nearest words per top image.
+        x: Words kept per filter.
+        device: ``cpu``, ``cuda``, ``cuda:1``... or ``auto``.
+        image_batch_size: Images per backbone forward pass.
+        num_workers: DataLoader workers decoding images.
+        channels_last: Run the backbone in channels-last memory format.
+        cache_dir: Root of the feature cache (None: ``$LAVISE_CACHE_DIR`` or ``~/.cache/lavise``).
+        progress: Show progress bars.
+    """
+
+    model: str = "efficientnet-lite0"
+    weights: str | None = None
+    allow_pickle: bool = False
+    layer: str | None = None
+    word_space: str = "glove-6b-50d"
+    vocabulary: str = "default"
+    vocabulary_size: int | None = 1000
+    explainer: str = "trained+conse"
+    conse_top: int = 10
+    seen_fraction: float = 0.7
+    epochs: int = 30
+    lr: float = 1e-3
+    batch_size: int = 64
+    holdout_fraction: float = 0.1
+    seed: int = 0
+    method: str = "attention"
+    quantile: float = 0.005
+    top_images: int = 25
+    s: int = 5
+    x: int = 10
+    device: str = "auto"
+    image_batch_size: int = 8
+    num_workers: int = 0
+    channels_last: bool = True
+    cache_dir: str | None = None
+    progress: bool = True
+
+    def __post_init__(self) -> None:
+        from lavise.explainer import EXPLAINER_KINDS
+
+        checks = [
+            (0 < self.seen_fraction <= 1, f"seen fraction must be in (0, 1], got {self.seen_fraction}"),
+            (0 <= self.holdout_fraction < 1, f"hold-out fraction must be in [0, 1), got {self.holdout_fraction}"),
+            (0 < self.quantile < 1, f"p (quantile) must be in (0, 1), got {self.quantile}"),
+            (self.top_images >= 1, f"top images must be >= 1, got {self.top_images}"),
+            (self.s >= 1, f"s must be >= 1, got {self.s}"),
+            (self.x >= 1, f"x must be >= 1, got {self.x}"),
+            (self.epochs >= 1, f"epochs must be >= 1, got {self.epochs}"),
+            (self.lr > 0, f"learning rate must be > 0, got {self.lr}"),
+            (self.batch_size >= 2, f"batch size must be >= 2, got {self.batch_size}"),
+            (self.conse_top >= 1, f"ConSE top T must be >= 1, got {self.conse_top}"),
+            (self.image_batch_size >= 1, f"image batch size must be >= 1, got {self.image_batch_size}"),
+            (self.num_workers >= 0, f"workers must be >= 0, got {self.num_workers}"),
+            (self.vocabulary_size is None or self.vocabulary_size >= 1,
+             f"vocabulary size must be >= 1, got {self.vocabulary_size}"),
+            (self.explainer in EXPLAINER_KINDS,
+             f"unknown explainer {self.explainer!r} (valid: {', '.join(EXPLAINER_KINDS)})"),
+        ]
+        for ok, message in checks:
+            if not ok:
+                raise ValueError(message)
+        from lavise.masking import list_masking_methods
+
+        if self.method not in list_masking_methods():
+            raise ValueError(
+                f"unknown masking method {self.method!r} (valid: {', '.join(list_masking_methods())})"
+            )
+
+    def replace(self, **changes: Any) -> "Config":
+        """A copy with ``changes`` applied (and checked)."""
+        return dataclasses.replace(self, **changes)
+
+    def to_dict(self) -> dict:
+        return dataclasses.asdict(self)
+
+    def resolved_device(self) -> str:
+        """``auto`` -> ``cuda`` when available, else ``cpu``."""
+        import torch
+
+        if self.device == "auto":
+            return "cuda" if torch.cuda.is_available() else "cpu"
+        return self.device
+
+    def cache_root(self) -> Path:
+        from lavise.features import default_cache_dir
+
+        return Path(self.cache_dir) if self.cache_dir else default_cache_dir()
+
+

@@ -1,0 +1,335 @@
+"""Explain every filter of a layer in words (paper section 3.2).
+
+For each filter u: take its top-p images (highest spatial max activation), pool each
+image's feature map with a masking method (filter attention by default), map the
+pooled vector into the word space with the explainer, take the s nearest vocabulary
+words per image and rank words by frequency over the p images.
+
+Only (filter, top image) pairs are computed, so the cost is O(d * p) pooled vectors,
+never O(d * N); all filters that share a top image are pooled in one vectorised call.
+"""
+
+from __future__ import annotations
+
+import csv
+import io
+import json
+import logging
+from collections import defaultdict
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any, Callable, Iterable, Sequence
+
+import numpy as np
+import torch
+from tqdm.auto import tqdm
+
+from lavise._io import write_text_atomic
+from lavise.explainer import Explainer
+from lavise.masking import get_masking_method
+from lavise.statistics import FilterStats
+from lavise.words import RankedWord, select_words
+from lavise.wordspace import WordSpace
+
+logger = logging.getLogger(__name__)
+
+__all__ = ["TopImage", "FilterExplanation", "Explanations", "explain_filters", "parse_filters"]
+
+
+@dataclass(frozen=True)
+class TopImage:
+    """One of a filter's top-activated images."""
+
+    image_id: str
+    activation: float
+
+
+@dataclass(frozen=True)
+class FilterExplanation:
+    """The words that explain one filter, and the evidence behind them.
+
+    Attributes:
+        layer: Dotted layer path.
+        filter: Filter (channel) index.
+        words: Ranked words, most frequent first.
+        top_images: The images the words were computed from, most activated first.
+        threshold: T_u, the activation exceeded by a fraction p of all activations.
+    """
+
+    layer: str
+    filter: int
+    words: tuple[RankedWord, ...]
+    top_images: tuple[TopImage, ...]
+    threshold: float
+
+    @property
+    def labels(self) -> list[str]:
+        """The words alone, best first."""
+        return [w.word for w in self.words]
+
+    def to_dict(self) -> dict:
+        return {
+            "layer": self.layer,
+            "filter": self.filter,
+            "threshold": self.threshold,
+            "words": [w.to_dict() for w in self.words],
+            "top_images": [asdict(t) for t in self.top_images],
+        }
+
+
+@dataclass(frozen=True)
+class Explanations:
+    """All filter explanations of one run, with the settings that produced them."""
+
+    model: str
+    layer: str
+    method: str
+    explainer: str
+    settings: dict
+    filters: tuple[FilterExplanation, ...]
+
+    def __len__(self) -> int:
+        return len(self.filters)
+
+    def __iter__(self):
+        return iter(self.filters)
+
+    def __getitem__(self, u: int) -> FilterExplanation:
+        for f in self.filters:
+            if f.filter == u:
+                return f
+        raise KeyError(f"filter {u} was not explained")
+
+    def words(self) -> list[list[str]]:
+        """Each filter's word list, in filter order."""
+        return [f.labels for f in self.filters]
+
+    def to_dict(self) -> dict:
+        return {
+            "model": self.model,
+            "layer": self.layer,
+            "method": self.method,
+            "explainer": self.explainer,
+            "settings": self.settings,
+            "filters": [f.to_dict() for f in self.filters],
+        }
+
+    @classmethod
+    def from_dict(cls, d: dict) -> "Explanations":
+        filters = tuple(
+            FilterExplanation(
+                layer=f["layer"],
+                filter=int(f["filter"]),
+                words=tuple(RankedWord(**w) for w in f["words"]),
+                top_images=tuple(TopImage(**t) for t in f["top_images"]),
+                threshold=float(f["threshold"]),
+            )
+            for f in d["filters"]
+        )
+        return cls(d["model"], d["layer"], d["method"], d["explainer"], dict(d["settings"]), filters)
+
+    def to_json(self) -> str:
+        return json.dumps(self.to_dict(), indent=1)
+
+    def to_csv(self) -> str:
+        """One row per filter: layer, filter, T_u, words with scores, top images with activations."""
+        buf = io.StringIO()
+        w = csv.writer(buf)
+        w.writerow(["layer", "filter", "threshold", "words", "word_counts", "word_scores",
+                    "top_images", "top_activations"])
+        for f in self.filters:
+            w.writerow([
+                f.layer, f.filter, f"{f.threshold:.6g}",
+                " ".join(f.labels),
+                " ".join(str(x.count) for x in f.words),
+                " ".join(f"{x.score:.4f}" for x in f.words),
+                " ".join(t.image_id for t in f.top_images),
+                " ".join(f"{t.activation:.4g}" for t in f.top_images),
+            ])
+        return buf.getvalue()
+
+    def table(self, limit: int | None = 10, words: int = 6) -> str:
+        """A short plain-text table of filters and their words."""
+        rows = self.filters[:limit] if limit else self.filters
+        lines = [f"{self.model} {self.layer} ({self.method}, {self.explainer})",
+                 f"{'filter':>6}  {'T_u':>8}  words"]
+        for f in rows:
+            lines.append(f"{f.filter:>6}  {f.threshold:>8.3f}  {', '.join(f.labels[:words])}")
+        if limit and len(self.filters) > limit:
+            lines.append(f"... {len(self.filters) - limit} more filters")
+        return "\n".join(lines)
+
+    def save(self, directory: str | Path) -> tuple[Path, Path]:
+        """Writes ``explanations.json`` and ``explanations.csv`` (atomically) to ``directory``."""
+        directory = Path(directory)
+        js = write_text_atomic(directory / "explanations.json", self.to_json())
+        cs = write_text_atomic(directory / "explanations.csv", self.to_csv())
+        return js, cs
+
+
+def parse_filters(spec: str | Sequence[int] | None, num_filters: int) -> list[int]:
+    """Parses ``"0-99,120,130-131"`` (or a list) into filter indices, checking the range."""
+    if spec is None or spec == "all":
+        return list(range(num_filters))
+    if isinstance(spec, str):
+        out: list[int] = []
+        for part in spec.split(","):
+            part = part.strip()
+            if not part:
+                continue
+            try:
+                if "-" in part:
+                    a, b = part.split("-", 1)
+                    out.extend(range(int(a), int(b) + 1))
+                else:
+                    out.append(int(part))
+            except ValueError:
+                raise ValueError(f"bad filter list {spec!r} (use e.g. 0-99,120)") from None
+    else:
+        out = [int(u) for u in spec]
+    bad = [u for u in out if not 0 <= u < num_filters]
+    if bad:
+        raise ValueError(f"filter index {bad[0]} out of range: the layer has {num_filters} filters (0-{num_filters - 1})")
+    if not out:
+        raise ValueError("no filters selected")
+    return sorted(dict.fromkeys(out))
+
+
+def pooled_top_image_features(
+    store: Any,
+    stats: FilterStats,
+    filters: Sequence[int],
+    method: str,
+    *,
+    top: int,
+    images: Callable[[Sequence[int]], torch.Tensor] | None = None,
+    extract: Callable[[torch.Tensor], torch.Tensor] | None = None,
+    device: str | torch.device = "cpu",
+    max_elements: int = 64_000_000,
+    progress: bool = True,
+) -> torch.Tensor:
+    """Pooled masked features (U, top, d) of each filter's top images.
+
+    Args:
+        store: Feature store of the target images.
+        stats: Filter statistics of ``store``.
+        filters: Filters to explain.
+        method: Masking method name.
+        top: Top images per filter (<= the stats' top_k).
+        images: Loads normalised images by store row (needed by the ``image`` method).
+        extract: Normalised images -> layer features (needed by the ``image`` method).
+        device: Where pooling runs.
+        max_elements: Bound on the pooled block held at once (B * U * d).
+    """
+    masking = get_masking_method(method)
+    d = store.shape[0]
+    top_idx = stats.top_images[filters, :top]  # (U, top)
+    pairs: dict[int, list[tuple[int, int]]] = defaultdict(list)  # image row -> [(u pos, slot)]
+    for pos, row in enumerate(top_idx.tolist()):
+        for slot, img in enumerate(row):
+            pairs[int(img)].append((pos, slot))
+    out = torch.zeros(len(filters), top, d)
+    thresholds = stats.thresholds.to(device)
+    filt = torch.as_tensor(filters, dtype=torch.long)
+    rows = sorted(pairs)
+    per_image = max(1, max_elements // max(1, len(filters) * d))
+    bar = tqdm(total=len(rows), desc=f"pool {method}", unit="img", disable=not progress)
+    for idx, feats in store.batches(batch_size=min(per_image, 64), indices=rows):
+        feats = feats.to(device)
+        need = sorted({filters[p] for r in idx.tolist() for p, _ in pairs[r]})
+        need_t = torch.as_tensor(need, dtype=torch.long, device=device)
+        col = {u: j for j, u in enumerate(need)}
+        if masking.needs_model:
+            if images is None or extract is None:
+                raise ValueError("the image masking method needs the images and the model")
+            imgs = images(idx.tolist()).to(device)
+            pooled = masking.pool_images(imgs, feats, need_t, thresholds, extract)
+        else:
+            pooled = masking.pool(feats, need_t, thresholds)
+        pooled = pooled.cpu()
+        for b, r in enumerate(idx.tolist()):
+            for pos, slot in pairs[r]:
+                out[pos, slot] = pooled[b, col[filters[pos]]]
+        bar.update(len(idx))
+    bar.close()
+    del filt
+    return out
+
+
+def explain_filters(
+    explainer: Explainer,
+    store: Any,
+    stats: FilterStats,
+    vocabulary: WordSpace,
+    *,
+    filters: Sequence[int] | str | None = None,
+    method: str = "attention",
+    top: int = 25,
+    s: int = 5,
+    x: int = 10,
+    weight_by_activation: bool = False,
+    allow: set[str] | None = None,
+    block: set[str] | None = None,
+    images: Callable[[Sequence[int]], torch.Tensor] | None = None,
+    progress: bool = True,
+) -> Explanations:
+    """Explains filters of ``explainer.layer`` over the images in ``store``.
+
+    Args:
+        explainer: Maps pooled features into the word space.
+        store: Cached features of the target images (same model and layer).
+        stats: Filter statistics of ``store`` (thresholds, top images).
+        vocabulary: The words explanations may use.
+        filters: Indices or a spec like ``"0-99"`` (default: all).
+        method: Masking method.
+        top: p, top-activated images per filter.
+        s: Nearest words per image.
+        x: Words kept per filter.
+        weight_by_activation: Weight each image's words by its max activation.
+        allow: Only these words may be chosen.
+        block: These words may not be chosen.
+        images: Normalised images by store row, for the ``image`` method.
+        progress: Show progress bars.
+    """
+    d = store.shape[0]
+    if store.layer != explainer.layer:
+        raise ValueError(f"features are of layer {store.layer!r}, the explainer's is {explainer.layer!r}")
+    if d != explainer.model.layer(explainer.layer).channels:
+        raise ValueError("the feature cache does not match the explainer's layer")
+    filters = parse_filters(filters, d)
+    if not 1 <= top <= stats.top_images.shape[1]:
+        raise ValueError(f"p (top images) must be in [1, {stats.top_images.shape[1]}], got {top}")
+    if s < 1 or x < 1:
+        raise ValueError(f"s and x must be >= 1 (got s={s}, x={x})")
+    if s > len(vocabulary):
+        raise ValueError(f"s={s} exceeds the vocabulary size {len(vocabulary)}")
+    extract = None
+    if get_masking_method(method).needs_model:
+        from lavise.models import LayerExtractor
+
+        extract = LayerExtractor(explainer.model, explainer.layer).features
+    device = explainer.device
+    pooled = pooled_top_image_features(
+        store, stats, filters, method, top=top, images=images, extract=extract,
+        device=device, progress=progress,
+    )
+    u, p, dd = pooled.shape
+    vectors = torch.cat([explainer.embed(chunk.to(device)).cpu() for chunk in pooled.reshape(u * p, dd).split(4096)])
+    vectors = vectors.reshape(u, p, -1)
+    top_idx = stats.top_images[filters, :top]
+    top_val = stats.top_values[filters, :top]
+    weights = top_val.clamp(min=0) if weight_by_activation else None
+    ranked = select_words(vectors, vocabulary, s=s, x=x, weights=weights, allow=allow, block=block)
+    results = []
+    for pos, uu in enumerate(filters):
+        results.append(FilterExplanation(
+            layer=explainer.layer,
+            filter=uu,
+            words=tuple(ranked[pos]),
+            top_images=tuple(TopImage(store.ids[int(i)], float(v)) for i, v in zip(top_idx[pos], top_val[pos])),
+            threshold=float(stats.thresholds[uu]),
+        ))
+    settings = {"p": top, "s": s, "x": x, "quantile": stats.quantile,
+                "vocabulary_size": len(vocabulary), "weight_by_activation": weight_by_activation,
+                "images": len(store), "word_space": explainer.word_space.name}
+    return Explanations(explainer.model.name, explainer.layer, method, explainer.kind, settings, tuple(results))

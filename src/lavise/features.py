@@ -1,0 +1,250 @@
+"""The feature cache: a layer's activations of a dataset, computed once, kept on disk.
+
+The backbone is the cost floor of everything lavise does, so it runs once per
+image. Activations are stored as float16 in a memory-mapped ``.npy`` file under a
+key derived from the model's weights, the layer, the preprocessing and the image
+list: any change is a cache miss, never a stale hit. Extraction is resumable (a
+``done`` mask is saved as it goes) and can be split across processes
+(``rank``/``world_size``), each writing its own rows of the same file.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+import os
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Iterator, Sequence
+
+import numpy as np
+import torch
+from torch.utils.data import DataLoader, Subset
+from tqdm.auto import tqdm
+
+from lavise._io import save_npy_atomic, write_json_atomic
+from lavise.models import LayerExtractor, TargetModel
+
+logger = logging.getLogger(__name__)
+
+__all__ = ["FeatureStore", "extract_features", "feature_cache_key", "default_cache_dir"]
+
+_FORMAT_VERSION = 1
+
+
+def default_cache_dir() -> Path:
+    """``$LAVISE_CACHE_DIR`` or ``~/.cache/lavise``."""
+    return Path(os.environ.get("LAVISE_CACHE_DIR", Path.home() / ".cache" / "lavise"))
+
+
+def _image_list_digest(dataset: Any) -> str:
+    h = hashlib.sha256()
+    for image_id, path in zip(dataset.image_ids, dataset.image_paths):
+        p = Path(path)
+        try:
+            st = p.stat()
+            stamp = f"{st.st_size}:{st.st_mtime_ns}"
+        except OSError:
+            stamp = "missing"
+        h.update(f"{image_id}\t{p.resolve()}\t{stamp}\n".encode())
+    return h.hexdigest()
+
+
+def feature_cache_key(model: TargetModel, layer: str, dataset: Any) -> str:
+    """The cache key of ``layer``'s features of ``dataset`` under ``model``."""
+    blob = json.dumps(
+        {"v": _FORMAT_VERSION, "model": model.meta(), "layer": layer,
+         "images": _image_list_digest(dataset)},
+        sort_keys=True,
+    )
+    return hashlib.sha256(blob.encode()).hexdigest()[:24]
+
+
+@dataclass
+class FeatureStore:
+    """Read access to cached feature maps of one layer over one image list.
+
+    Attributes:
+        path: Folder of this cache entry.
+        ids: Image ids, row order.
+        failed: Ids of images that could not be decoded (their rows are zeros and
+            are skipped by :meth:`batches`).
+    """
+
+    path: Path
+    ids: list[str]
+    failed: dict[str, str]
+    meta: dict
+
+    @classmethod
+    def open(cls, path: str | Path) -> "FeatureStore":
+        """Opens a complete cache entry written by :func:`extract_features`."""
+        path = Path(path)
+        meta_file = path / "meta.json"
+        if not meta_file.is_file():
+            raise FileNotFoundError(f"no feature cache at {path}")
+        meta = json.loads(meta_file.read_text())
+        if not meta.get("complete"):
+            raise ValueError(f"feature cache at {path} is incomplete; run the extraction again")
+        return cls(path=path, ids=list(meta["ids"]), failed=dict(meta.get("failed", {})), meta=meta)
+
+    @property
+    def array(self) -> np.ndarray:
+        """The (N, d, h, w) float16 memory map."""
+        return np.load(self.path / "features.npy", mmap_mode="r")
+
+    @property
+    def shape(self) -> tuple[int, int, int]:
+        """(d, h, w) of one image's feature map."""
+        return tuple(self.meta["shape"])  # type: ignore[return-value]
+
+    @property
+    def layer(self) -> str:
+        return self.meta["layer"]
+
+    def __len__(self) -> int:
+        return len(self.ids)
+
+    def valid_indices(self) -> np.ndarray:
+        """Row indices of images that were decoded."""
+        bad = set(self.failed)
+        return np.array([i for i, k in enumerate(self.ids) if k not in bad], dtype=np.int64)
+
+    def __getitem__(self, i: int) -> torch.Tensor:
+        return torch.from_numpy(np.array(self.array[i]))
+
+    def batches(
+        self, batch_size: int = 64, indices: Sequence[int] | np.ndarray | None = None
+    ) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
+        """Yields ``(row indices, float32 features (B, d, h, w))``, skipping failed images."""
+        arr = self.array
+        idx = self.valid_indices() if indices is None else np.asarray(indices, dtype=np.int64)
+        for start in range(0, len(idx), batch_size):
+            rows = idx[start:start + batch_size]
+            contiguous = rows[-1] - rows[0] == len(rows) - 1 and np.all(np.diff(rows) == 1)
+            block = arr[rows[0]:rows[-1] + 1] if contiguous else arr[rows]
+            yield torch.from_numpy(rows.copy()), torch.from_numpy(np.asarray(block, dtype=np.float32))
+
+
+def extract_features(
+    model: TargetModel,
+    layer: str,
+    dataset: Any,
+    cache_dir: str | Path | None = None,
+    *,
+    batch_size: int = 8,
+    num_workers: int = 0,
+    channels_last: bool = True,
+    rank: int = 0,
+    world_size: int = 1,
+    progress: bool = True,
+    flush_every: int = 20,
+) -> FeatureStore:
+    """Computes (or reuses) the cached features of ``layer`` for every image of ``dataset``.
+
+    Args:
+        model: Target model (on the device to use).
+        layer: Dotted module path.
+        dataset: A :class:`lavise.datasets.ReferenceDataset` (its images are loaded).
+        cache_dir: Root of the cache (default :func:`default_cache_dir`).
+        batch_size: Images per forward pass.
+        num_workers: DataLoader workers decoding images.
+        channels_last: Run the backbone in channels-last memory format.
+        rank: This process's shard (images ``i`` with ``i % world_size == rank``).
+        world_size: Number of processes sharing the extraction.
+        progress: Show a tqdm progress bar.
+        flush_every: Batches between saves of the resume state.
+
+    Returns:
+        The store; complete once every shard has finished.
+    """
+    from lavise.datasets import collate
+
+    if not 0 <= rank < world_size:
+        raise ValueError(f"rank {rank} is not in [0, {world_size})")
+    extractor = LayerExtractor(model, layer, channels_last=channels_last)
+    info = extractor.info
+    root = Path(cache_dir) if cache_dir is not None else default_cache_dir()
+    key = feature_cache_key(model, info.name, dataset)
+    path = root / "features" / key
+    n = len(dataset)
+    if n == 0:
+        raise ValueError("the dataset has no images")
+    shape = (info.channels, info.height, info.width)
+    meta_file = path / "meta.json"
+    if meta_file.is_file():
+        meta = json.loads(meta_file.read_text())
+        if meta.get("complete"):
+            logger.info("feature cache hit: %s", path)
+            return FeatureStore.open(path)
+    path.mkdir(parents=True, exist_ok=True)
+    feats_file = path / "features.npy"
+    if not feats_file.is_file():
+        tmp = path / "features.npy.tmp"
+        np.lib.format.open_memmap(tmp, mode="w+", dtype=np.float16, shape=(n,) + shape).flush()
+        os.replace(tmp, feats_file)
+    done_file = path / f"done-{rank}-of-{world_size}.npy"
+    failed_file = path / f"failed-{rank}-of-{world_size}.json"
+    done = np.load(done_file) if done_file.is_file() else np.zeros(n, dtype=bool)
+    failed: dict[str, str] = json.loads(failed_file.read_text()) if failed_file.is_file() else {}
+    todo = [i for i in range(rank, n, world_size) if not done[i]]
+    if len(todo) < len(range(rank, n, world_size)):
+        logger.info("resuming feature extraction: %d of %d images left", len(todo), n)
+    out = np.load(feats_file, mmap_mode="r+")
+
+    def save_state() -> None:
+        out.flush()
+        save_npy_atomic(done_file, done)
+        write_json_atomic(failed_file, failed)
+
+    if todo:
+        loader = DataLoader(
+            Subset(dataset, todo), batch_size=batch_size, num_workers=num_workers,
+            collate_fn=collate, persistent_workers=False,
+        )
+        bar = tqdm(total=len(todo), desc=f"features {info.name}", unit="img", disable=not progress)
+        try:
+            for step, batch in enumerate(loader, 1):
+                for item in batch["failed"]:
+                    failed[str(item["image_id"])] = str(item["error"])
+                    done[int(item["index"])] = True
+                if batch["images"] is not None and len(batch["index"]):
+                    feats = extractor(batch["images"])
+                    rows = batch["index"].numpy()
+                    out[rows] = feats.to("cpu", torch.float16).numpy()
+                    done[rows] = True
+                bar.update(len(batch["index"]) + len(batch["failed"]))
+                if step % flush_every == 0:
+                    save_state()
+        finally:
+            save_state()
+            bar.close()
+    for item_id, err in failed.items():
+        logger.warning("skipped unreadable image %s: %s", item_id, err)
+    # Gather shards: complete when every rank's done mask covers the whole list.
+    all_done = np.zeros(n, dtype=bool)
+    all_failed: dict[str, str] = {}
+    for f in path.glob(f"done-*-of-{world_size}.npy"):
+        all_done |= np.load(f)
+    for f in path.glob(f"failed-*-of-{world_size}.json"):
+        all_failed.update(json.loads(f.read_text()))
+    meta = {
+        "version": _FORMAT_VERSION,
+        "key": key,
+        "model": model.meta(),
+        "layer": info.name,
+        "shape": list(shape),
+        "ids": [str(i) for i in dataset.image_ids],
+        "failed": all_failed,
+        "complete": bool(all_done.all()),
+    }
+    write_json_atomic(meta_file, meta)
+    if not meta["complete"]:
+        logger.info("shard %d/%d done; waiting for the other shards", rank, world_size)
+        return FeatureStore(path=path, ids=meta["ids"], failed=all_failed, meta=meta)
+    if len(all_failed) == n:
+        raise ValueError("no image of the dataset could be read")
+    if all_failed:
+        logger.warning("%d of %d images could not be read and were skipped", len(all_failed), n)
+    return FeatureStore.open(path)
