@@ -17,7 +17,7 @@ from typing import Any, Sequence
 import torch
 
 from lavise.config import Config
-from lavise.datasets import ReferenceDataset, load_dataset
+from lavise.datasets import ReferenceDataset, list_dataset_formats, load_dataset
 from lavise.explain import Explanations, explain_filters
 from lavise.explainer import (
     ConceptFeatures,
@@ -46,20 +46,36 @@ def prepare_model(model: str | TargetModel | None, config: Config) -> TargetMode
     return target.to(config.resolved_device())
 
 
-def open_dataset(spec: str | ReferenceDataset | Sequence[str], split: str | None, model: TargetModel) -> Any:
+def open_dataset(
+    spec: str | ReferenceDataset | Sequence[str],
+    split: str | None,
+    model: TargetModel,
+    exclude_ids: Sequence[str] = (),
+) -> Any:
     """A dataset (or several combined, deduplicated by image id) with the model's preprocessing.
 
-    ``spec`` is ``FORMAT:PATH`` or a plain folder of images.
+    Args:
+        spec: ``FORMAT:PATH``, a plain folder of images, a dataset, or a list of these.
+        split: Split of the dataset specs (``train2017``...).
+        model: Its preprocessing is applied to images and masks.
+        exclude_ids: Image ids to leave out (e.g. those of an evaluation split).
     """
     from lavise.datasets import CombinedDataset
 
-    if isinstance(spec, (list, tuple)):
-        parts = [open_dataset(s, split, model) for s in spec]
-        return parts[0] if len(parts) == 1 else CombinedDataset(parts)
+    specs = list(spec) if isinstance(spec, (list, tuple)) else [spec]
+    parts = [_open_one(s, split, model) for s in specs]
+    if len(parts) == 1 and not exclude_ids:
+        return parts[0]
+    return CombinedDataset(parts, exclude_ids=exclude_ids)
+
+
+def _open_one(spec: str | ReferenceDataset, split: str | None, model: TargetModel) -> Any:
     if not isinstance(spec, str):
         return spec
-    if ":" not in spec or (len(spec) > 1 and spec[1] == ":" and Path(spec).exists()):
-        spec = f"folder:{spec}"
+    fmt = spec.split(":", 1)[0]
+    if ":" not in spec or fmt not in list_dataset_formats():
+        if Path(spec).is_dir():
+            spec = f"folder:{spec}"
     return load_dataset(spec, split=split, preprocessing=model.preprocessing)
 
 
@@ -141,6 +157,7 @@ def train(
             "references": references,
             "split": split,
             "images": len(store),
+            "image_ids": [str(i) for i in store.ids],
             "unreadable_images": sorted(store.failed),
             "pairs": len(pairs.concepts),
             "settings": {k: config.to_dict()[k] for k in

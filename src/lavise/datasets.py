@@ -720,6 +720,7 @@ class CombinedDataset(ReferenceDataset):
 
     Args:
         datasets: Datasets sharing the same preprocessing.
+        exclude_ids: Image ids to leave out (e.g. an evaluation split's images).
 
     Raises:
         ValueError: If ``datasets`` is empty or their preprocessing differs.
@@ -727,7 +728,7 @@ class CombinedDataset(ReferenceDataset):
 
     name = "combined"
 
-    def __init__(self, datasets: Iterable[ReferenceDataset]) -> None:
+    def __init__(self, datasets: Iterable[ReferenceDataset], exclude_ids: Iterable[str] = ()) -> None:
         datasets = list(datasets)
         if not datasets:
             raise ValueError("combine() needs at least one dataset")
@@ -760,7 +761,7 @@ class CombinedDataset(ReferenceDataset):
                     self.concepts.append(name)
                 table.append(position[name])
             self._remap.append(torch.tensor(table, dtype=torch.long))
-        seen: set[str] = set()
+        seen: set[str] = {str(i) for i in exclude_ids}
         self._items: list[tuple[int, int]] = []
         self.image_ids = []
         self.image_paths = []
@@ -774,7 +775,7 @@ class CombinedDataset(ReferenceDataset):
                 self.image_paths.append(ds.image_paths[j])
         dropped = sum(len(ds) for ds in datasets) - len(self._items)
         if dropped:
-            logger.info("combined datasets: dropped %d duplicate image ids", dropped)
+            logger.info("combined datasets: dropped %d duplicate or excluded image ids", dropped)
 
     def __len__(self) -> int:
         return len(self._items)

@@ -1,0 +1,433 @@
+#!/usr/bin/env python
+"""Builds the default explanation vocabulary, ``src/lavise/data/vocabulary.tsv``.
+
+The vocabulary holds concrete, visual single words: nouns for objects, parts, animals,
+food, plants, materials, shapes, scenes and people, and appearance adjectives (colour,
+texture, shape, size, material). It is built from the WordNet 3.0 database files
+(Debian package ``wordnet-base``, ``/usr/share/wordnet``), word frequencies from
+``wordfreq`` and the words of the default GloVe space, so that *using* the vocabulary
+needs none of them.
+
+Selection, per lemma:
+
+* Single lowercase alphabetic tokens (hyphens allowed) present in GloVe 6B.
+* Each WordNet sense is weighted by its SemCor tag count (``cntlist.rev``) plus a small
+  rank-based prior; the *visual fraction* is the weight of visual senses.
+* Visual noun senses: lexicographer files noun.artifact, animal, food, plant, object,
+  substance, body, shape; noun.person (only for frequent words); noun.Tops under
+  physical_entity; noun.phenomenon under physical_phenomenon (weather, fire, light);
+  noun.act under sport; noun.location under geographical_area / structure-like areas;
+  noun.group under a few collections of people/animals/plants (crowd, herd, forest).
+* Appearance adjective senses: linked (attribute ``=`` or derivation ``+``) to an
+  appearance attribute (visual property, texture, shape, size, ...) or derived from a
+  material/shape/body-covering noun, plus the satellites of such head adjectives.
+* Lemmas whose senses are mostly proper names (capitalised forms or instances, e.g.
+  ``john``, ``china``) are dropped.
+
+A lemma is kept when a visual sense is among its three most frequent senses or its
+visual fraction is at least 0.25, it is not mostly an adjective/adverb (for nouns) or
+an inflection of a more frequent lemma, and its Zipf frequency is at least
+``--min-zipf``. Score =
+``zipf * (0.5 + 0.5 * visual_fraction)``; rows are sorted by score, best first.
+
+Usage::
+
+    python scripts/build_vocabulary.py [--wordnet /usr/share/wordnet] [--min-zipf 1.5]
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import re
+import sys
+from collections import defaultdict
+from dataclasses import dataclass, field
+from pathlib import Path
+
+logger = logging.getLogger("build_vocabulary")
+
+LEXNAMES = [
+    "adj.all", "adj.pert", "adv.all", "noun.Tops", "noun.act", "noun.animal",
+    "noun.artifact", "noun.attribute", "noun.body", "noun.cognition", "noun.communication",
+    "noun.event", "noun.feeling", "noun.food", "noun.group", "noun.location", "noun.motive",
+    "noun.object", "noun.person", "noun.phenomenon", "noun.plant", "noun.possession",
+    "noun.process", "noun.quantity", "noun.relation", "noun.shape", "noun.state",
+    "noun.substance", "noun.time", "verb.body", "verb.change", "verb.cognition",
+    "verb.communication", "verb.competition", "verb.consumption", "verb.contact",
+    "verb.creation", "verb.emotion", "verb.motion", "verb.perception", "verb.possession",
+    "verb.social", "verb.stative", "verb.weather", "adj.ppl",
+]
+
+# Noun lexicographer files whose senses are visual as a whole.
+VISUAL_NOUN_FILES = {
+    "noun.artifact", "noun.animal", "noun.food", "noun.plant", "noun.object",
+    "noun.substance", "noun.body", "noun.shape",
+}
+# Files visual only below given hypernyms (lemma of the root synset, sense number).
+ROOTED_NOUN_FILES = {
+    "noun.Tops": [("physical_entity", 1)],
+    "noun.phenomenon": [("physical_phenomenon", 1)],
+    "noun.act": [("sport", 1)],
+    "noun.location": [("geographical_area", 1), ("tract", 1), ("point", 2)],
+    "noun.group": [("crowd", 1), ("herd", 1), ("flock", 1), ("vegetation", 1),
+                   ("forest", 1), ("people", 1), ("team", 1), ("audience", 1)],
+}
+# noun.person senses count only for lemmas at least this frequent (man, woman, player).
+PERSON_MIN_ZIPF = 3.5
+# Appearance attribute nouns (lemma, sense number) whose hyponyms define adjectives.
+APPEARANCE_ATTRIBUTES = [
+    ("visual_property", 1), ("texture", 1), ("shape", 1), ("size", 1), ("color", 1),
+    ("brightness", 1), ("transparency", 1), ("opacity", 1), ("pattern", 1),
+    ("smoothness", 1), ("roughness", 1), ("hairiness", 1), ("length", 1),
+    ("width", 1), ("height", 1), ("thickness", 1), ("wetness", 1),
+]
+# Adjectives derived from nouns in these files describe appearance (furry, metallic).
+ADJ_SOURCE_FILES = {"noun.substance", "noun.shape", "noun.animal"}
+# Common words that WordNet lists as concrete nouns but that GloVe learns mostly as
+# first names or evaluative words (GloVe 6B is lowercased, so case cannot tell).
+BLOCKLIST = frozenset("""
+    mike dick bill bob pat sue jack frank mark ray rob don tom jerry billy bobby peter
+    trump bush john jimmy johnny willy nick chuck hank rod carl gene sandy woody
+    sam max ben sub ha die holy sir da ma mac matt miss premier liberal
+    great good nice fine grand lovely dear mine yours ours hers his her its their
+""".split())
+# Plurals and other inflected forms kept although their base word is also a lemma.
+KEEP_INFLECTED = frozenset("glasses sunglasses jeans pants shorts trousers scissors stairs "
+                           "clothes goggles binoculars".split())
+# Appearance adjectives that WordNet links only loosely; always checked against GloVe.
+SEED_ADJECTIVES = [
+    "wooden", "metal", "metallic", "plastic", "glass", "leather", "woolen", "woollen",
+    "furry", "feathered", "striped", "spotted", "dotted", "checkered", "plaid", "floral",
+    "shiny", "glossy", "matte", "dull", "transparent", "translucent", "fluffy", "hairy",
+    "wet", "dry", "dusty", "muddy", "rusty", "snowy", "sunny", "cloudy", "foggy", "grassy",
+    "sandy", "rocky", "wooded", "leafy", "bald", "bearded", "crowded", "empty", "broken",
+]
+# Concrete nouns whose WordNet senses are filed elsewhere (fire is noun.event).
+SEED_NOUNS = ["fire", "flame", "smoke", "skis", "remote", "sunset", "sunrise", "shadow"]
+TOKEN_RE = re.compile(r"^[a-z]{2,}$")
+# Function words that WordNet also lists as rare nouns/adjectives ("can", "will").
+STOPWORDS = frozenset("""
+    go get come make take give say see know think want like need look use find tell
+    can will may might must shall should would could have has had do does did be been being
+    am is are was were the an and or but if then than so not no yes this that these those
+    there here who whom whose which what when where why how all any each every some such
+    own same other another much many more most less least few very too also just only
+    even still well back again ever never once up down out off over under about above
+    below into onto upon within without between among through during before after since
+    until while because though although as at by for from in of on to with via per
+""".split())
+# A lemma must have at least this share of its SemCor tags (plus a prior) in the
+# part of speech it is kept for ("back", "well" and "great" are rarely nouns).
+MIN_POS_SHARE = 0.5
+# ... and at least this ratio of tags to its verb tags ("come" is hardly ever a noun).
+MIN_VERB_RATIO = 0.02
+# A lemma is kept when a visual sense is among its first MAX_VISUAL_RANK senses (by
+# frequency) or its visual fraction reaches MIN_VISUAL_FRACTION.
+MAX_VISUAL_RANK = 3
+MIN_VISUAL_FRACTION = 0.25
+# An inflected form ("parts", "felt", "larger") is dropped when its tag count is below
+# this fraction of its base word's.
+INFLECTION_RATIO = 0.2
+DEFAULT_OUT = Path(__file__).resolve().parents[1] / "src" / "lavise" / "data" / "vocabulary.tsv"
+
+
+@dataclass
+class Synset:
+    offset: str
+    pos: str
+    lexname: str
+    ss_type: str
+    words: list[tuple[str, int]]  # (form as written, lex_id)
+    pointers: list[tuple[str, str, str]] = field(default_factory=list)  # (symbol, offset, pos)
+
+    @property
+    def instance(self) -> bool:
+        return any(sym == "@i" for sym, _, _ in self.pointers)
+
+
+def parse_data(path: Path, pos: str) -> dict[str, Synset]:
+    """Parses a WordNet ``data.*`` file into synsets keyed by offset."""
+    synsets: dict[str, Synset] = {}
+    with open(path, encoding="utf-8", errors="replace") as f:
+        for line in f:
+            if line.startswith("  "):
+                continue
+            fields = line.split(" | ", 1)[0].split()
+            offset, lexnum, ss_type, w_cnt = fields[0], int(fields[1]), fields[2], int(fields[3], 16)
+            words = [(fields[4 + 2 * i], int(fields[5 + 2 * i], 16)) for i in range(w_cnt)]
+            i = 4 + 2 * w_cnt
+            p_cnt = int(fields[i])
+            ptrs = [(fields[i + 1 + 4 * j], fields[i + 2 + 4 * j], fields[i + 3 + 4 * j])
+                    for j in range(p_cnt)]
+            synsets[offset] = Synset(offset, pos, LEXNAMES[lexnum], ss_type, words, ptrs)
+    return synsets
+
+
+def parse_index(path: Path) -> dict[str, list[str]]:
+    """Parses a WordNet ``index.*`` file: lemma -> synset offsets, most frequent first."""
+    index: dict[str, list[str]] = {}
+    with open(path, encoding="utf-8", errors="replace") as f:
+        for line in f:
+            if line.startswith("  "):
+                continue
+            fields = line.split()
+            lemma, synset_cnt, p_cnt = fields[0], int(fields[2]), int(fields[3])
+            index[lemma] = fields[4 + p_cnt + 2:4 + p_cnt + 2 + synset_cnt]
+    return index
+
+
+def parse_exceptions(wordnet: Path) -> dict[str, set[str]]:
+    """Irregular inflections from ``*.exc``: inflected form -> base forms."""
+    out: dict[str, set[str]] = defaultdict(set)
+    for name in ("noun.exc", "verb.exc", "adj.exc"):
+        with open(wordnet / name, encoding="utf-8", errors="replace") as f:
+            for line in f:
+                form, *bases = line.split()
+                out[form].update(b for b in bases if b != form)
+    return out
+
+
+def inflection_bases(lemma: str, indexes: dict[str, dict[str, list[str]]],
+                     exceptions: dict[str, set[str]]) -> dict[str, float]:
+    """Other lemmas that ``lemma`` may be an inflection of -> the tag-count ratio below
+    which ``lemma`` is dropped (1.0 for plurals and comparatives, INFLECTION_RATIO for
+    -ed/-ing forms, which are often nouns of their own: building, painting)."""
+    nv = lambda w: w in indexes["n"] or w in indexes["v"]  # noqa: E731
+    cands: set[str] = set(exceptions.get(lemma, ()))
+    participles: set[str] = set()
+    if lemma.endswith("s") and not lemma.endswith("ss"):
+        cands |= {w for w in (lemma[:-1], lemma[:-2] if lemma.endswith("es") else "",
+                              lemma[:-3] + "y" if lemma.endswith("ies") else "") if nv(w)}
+    for suffix in ("ed", "ing"):
+        if lemma.endswith(suffix):
+            stem = lemma[:-len(suffix)]
+            if len(stem) < 3:  # "bed" is not "be" + "d"
+                continue
+            forms = [stem, stem + "e", stem[:-1] if stem[-2:-1] == stem[-1:] else "",
+                     stem[:-1] + "y" if stem.endswith("i") else ""]
+            participles = {w for w in forms if w in indexes["v"]}
+            cands |= participles
+    for suffix in ("er", "est"):
+        if lemma.endswith(suffix):
+            stem = lemma[:-len(suffix)]
+            forms = [stem, stem + "e", stem[:-1] if stem[-2:-1] == stem[-1:] else "",
+                     stem[:-1] + "y" if stem.endswith("i") else ""]
+            cands |= {w for w in forms if w in indexes["a"]}
+    cands.discard(lemma)
+    cands.discard("")
+    return {c: INFLECTION_RATIO if c in participles else 1.0 for c in cands}
+
+
+def pos_counts(counts: dict[tuple[str, str, int, int], int]) -> dict[str, dict[str, int]]:
+    """Tag counts per lemma and part of speech ("n", "v", "a", "r")."""
+    out: dict[str, dict[str, int]] = defaultdict(lambda: defaultdict(int))
+    names = {"1": "n", "2": "v", "3": "a", "4": "r", "5": "a"}
+    for (lemma, digit, _, _), cnt in counts.items():
+        out[lemma][names[digit]] += cnt
+    return out
+
+
+def parse_counts(path: Path) -> dict[tuple[str, str, int, int], int]:
+    """Parses ``cntlist.rev``: (lemma, ss_type digit, lex_filenum, lex_id) -> tag count."""
+    counts: dict[tuple[str, str, int, int], int] = {}
+    with open(path, encoding="utf-8", errors="replace") as f:
+        for line in f:
+            key, _, cnt = line.split()
+            lemma, rest = key.split("%", 1)
+            parts = rest.split(":")
+            counts[(lemma, parts[0], int(parts[1]), int(parts[2]))] = int(cnt)
+    return counts
+
+
+def closure(synsets: dict[str, Synset], roots: set[str], down: tuple[str, ...]) -> set[str]:
+    """Offsets reachable from ``roots`` following pointer symbols ``down`` (e.g. hyponyms)."""
+    seen = set(roots)
+    stack = list(roots)
+    while stack:
+        s = synsets.get(stack.pop())
+        if s is None:
+            continue
+        for sym, off, _ in s.pointers:
+            if sym in down and off not in seen:
+                seen.add(off)
+                stack.append(off)
+    return seen
+
+
+def sense_weights(lemma: str, offsets: list[str], synsets: dict[str, Synset],
+                  counts: dict, ss_digit: str) -> list[float]:
+    """SemCor count of each sense of ``lemma`` plus a rank prior 0.5 / (rank + 1)."""
+    out = []
+    for rank, off in enumerate(offsets):
+        s = synsets[off]
+        lex_id = next((lid for form, lid in s.words if form.lower() == lemma), 0)
+        digit = "5" if s.ss_type == "s" else ss_digit
+        lexnum = LEXNAMES.index(s.lexname)
+        out.append(counts.get((lemma, digit, lexnum, lex_id), 0) + 0.5 / (rank + 1))
+    return out
+
+
+def is_proper(lemma: str, s: Synset) -> bool:
+    """Whether sense ``s`` of ``lemma`` is a proper name (an instance, or written only
+    capitalised; all-caps acronyms such as "TV" are not names)."""
+    forms = [form for form, _ in s.words if form.lower() == lemma]
+    return s.instance or bool(forms) and all(f[:1].isupper() and not f.isupper() for f in forms)
+
+
+def build(wordnet: Path, min_zipf: float) -> list[tuple[str, str, str, float, float]]:
+    from wordfreq import zipf_frequency
+
+    from lavise.wordspace import load_word_space
+
+    glove = load_word_space("glove-6b-50d")
+    nouns = parse_data(wordnet / "data.noun", "n")
+    adjs = parse_data(wordnet / "data.adj", "a")
+    noun_index = parse_index(wordnet / "index.noun")
+    adj_index = parse_index(wordnet / "index.adj")
+    counts = parse_counts(wordnet / "cntlist.rev")
+    by_pos = pos_counts(counts)
+    all_indexes = {p: parse_index(wordnet / f"index.{name}")
+                   for p, name in (("v", "verb"), ("r", "adv"))}
+    all_indexes.update({"n": noun_index, "a": adj_index})
+    exceptions = parse_exceptions(wordnet)
+
+    def pos_ok(lemma: str, pos: str) -> bool:
+        """Whether ``lemma`` is used mostly as ``pos`` rather than as an adjective/adverb.
+
+        Verbs are ignored (fire, train, bear are concrete nouns) unless they dominate
+        completely (come, make); every listed part of speech gets a prior tag of 1.
+        """
+        present = {p for p, idx in all_indexes.items() if lemma in idx}
+        tags = {p: by_pos[lemma].get(p, 0) + 1 for p in present}
+        rivals = ("a", "r") if pos == "n" else ("r",)
+        own = tags.get(pos, 1)
+        share = own / (own + sum(tags.get(p, 0) for p in rivals))
+        return share >= MIN_POS_SHARE and own >= MIN_VERB_RATIO * tags.get("v", 0)
+
+    def roots(lemmas: list[tuple[str, int]]) -> set[str]:
+        found = set()
+        for lemma, sense in lemmas:
+            offs = noun_index.get(lemma, [])
+            if len(offs) >= sense:
+                found.add(offs[sense - 1])
+            else:
+                logger.warning("WordNet has no noun %s#%d", lemma, sense)
+        return found
+
+    hyponym = ("~", "~i")
+    rooted = {lex: closure(nouns, roots(r), hyponym) for lex, r in ROOTED_NOUN_FILES.items()}
+    appearance = closure(nouns, roots(APPEARANCE_ATTRIBUTES), hyponym)
+
+    def visual_noun(s: Synset, zipf: float) -> bool:
+        if s.lexname in VISUAL_NOUN_FILES:
+            return True
+        if s.lexname == "noun.person":
+            return zipf >= PERSON_MIN_ZIPF
+        return s.offset in rooted.get(s.lexname, ())
+
+    def adj_direct(s: Synset) -> bool:
+        if s.lexname == "adj.pert":
+            return False
+        for sym, off, pos in s.pointers:
+            if pos != "n":
+                continue
+            if sym == "=" and off in appearance:
+                return True
+            if sym == "+" and (off in appearance or nouns[off].lexname in ADJ_SOURCE_FILES):
+                return True
+        return False
+
+    heads = {off for off, s in adjs.items() if s.ss_type == "a" and any(
+        sym == "=" and pos == "n" and o in appearance for sym, o, pos in s.pointers)}
+
+    def visual_adj(s: Synset) -> bool:
+        if adj_direct(s):
+            return True
+        return s.ss_type == "s" and any(sym == "&" and o in heads for sym, o, _ in s.pointers)
+
+    rows: dict[str, tuple[str, str, str, float, float]] = {}
+    stats: dict[str, int] = defaultdict(int)
+
+    def consider(lemma: str, pos: str, offsets: list[str], synsets: dict[str, Synset],
+                 ss_digit: str, test) -> None:
+        if not TOKEN_RE.match(lemma) or lemma in STOPWORDS or lemma not in glove:
+            return
+        if lemma in BLOCKLIST:
+            return
+        if lemma not in KEEP_INFLECTED:
+            own = sum(by_pos[lemma].values())
+            for base, ratio in inflection_bases(lemma, all_indexes, exceptions).items():
+                if own + 1 < ratio * (sum(by_pos[base].values()) + 1):
+                    stats["inflected"] += 1
+                    return
+        if not pos_ok(lemma, pos):
+            stats["other-pos"] += 1
+            return
+        zipf = zipf_frequency(lemma, "en")
+        if zipf < min_zipf:
+            stats["rare"] += 1
+            return
+        weights = sense_weights(lemma, offsets, synsets, counts, ss_digit)
+        total = sum(weights)
+        senses = [synsets[o] for o in offsets]
+        proper = sum(1 for s in senses if is_proper(lemma, s))
+        if proper > len(senses) - proper:
+            stats["proper"] += 1
+            return
+        visual = [test(s) and not is_proper(lemma, s) for s in senses]
+        frac = sum(w for w, v in zip(weights, visual) if v) / total
+        if not (any(visual[:MAX_VISUAL_RANK]) or frac >= MIN_VISUAL_FRACTION):
+            return
+        best = max((w, s.lexname) for w, s, v in zip(weights, senses, visual) if v)[1]
+        score = round(zipf * (0.5 + 0.5 * frac), 4)
+        if lemma not in rows or rows[lemma][4] < score:
+            rows[lemma] = (lemma, pos, best, zipf, score)
+
+    for lemma, offsets in noun_index.items():
+        consider(lemma, "n", offsets, nouns, "1",
+                 lambda s, z=zipf_frequency(lemma, "en"): visual_noun(s, z))
+    for lemma, offsets in adj_index.items():
+        if lemma not in rows:
+            consider(lemma, "a", offsets, adjs, "3", visual_adj)
+    for pos, seeds in (("a", SEED_ADJECTIVES), ("n", SEED_NOUNS)):
+        for lemma in seeds:
+            if lemma in rows or lemma not in glove or lemma in BLOCKLIST:
+                continue
+            zipf = zipf_frequency(lemma, "en")
+            rows[lemma] = (lemma, pos, "seed", zipf, round(zipf * 0.75, 4))
+    logger.info("skipped %d rare, %d proper-name, %d inflected and %d mostly-other-POS "
+                "lemmas", stats["rare"], stats["proper"], stats["inflected"], stats["other-pos"])
+    missing = [w for w in rows if w not in glove]
+    if missing:
+        raise ValueError(f"{len(missing)} vocabulary words are not in GloVe 6B: {missing[:10]}")
+    return sorted(rows.values(), key=lambda r: (-r[4], r[0]))
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--wordnet", type=Path, default=Path("/usr/share/wordnet"))
+    parser.add_argument("--min-zipf", type=float, default=1.5)
+    parser.add_argument("--out", type=Path, default=DEFAULT_OUT)
+    args = parser.parse_args(argv)
+    logging.basicConfig(level=logging.INFO, format="%(levelname)s %(message)s")
+    if not (args.wordnet / "data.noun").is_file():
+        raise FileNotFoundError(f"WordNet database not found in {args.wordnet} "
+                                "(install the Debian package wordnet-base)")
+    rows = build(args.wordnet, args.min_zipf)
+    args.out.parent.mkdir(parents=True, exist_ok=True)
+    with open(args.out, "w", encoding="utf-8") as f:
+        f.write(f"# built by: python scripts/build_vocabulary.py --min-zipf {args.min_zipf} "
+                "(WordNet 3.0, wordfreq, GloVe 6B; see VOCABULARY-ATTRIBUTION.md)\n")
+        f.write("word\tpos\tlexname\tzipf\tscore\n")
+        for word, pos, lexname, zipf, score in rows:
+            f.write(f"{word}\t{pos}\t{lexname}\t{zipf:.2f}\t{score:.4f}\n")
+    by_pos = defaultdict(int)
+    for r in rows:
+        by_pos[r[1]] += 1
+    logger.info("wrote %d words (%s) to %s", len(rows), dict(by_pos), args.out)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

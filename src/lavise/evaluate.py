@@ -1,0 +1,383 @@
+"""Evaluate explanations against segmentation masks (paper sections 4.3-4.5).
+
+Ground truth per filter follows NetDissect: the filter's activation map upsampled
+to the annotation, thresholded at T_u, and IoU with every concept's masks summed
+over the dataset; concepts with IoU > 0.04 are the filter's ground truth. Each
+masking method's words are scored by recall@k and precision@1 against it, beside
+baselines that a reader needs to judge the numbers: NetDissect's label, random
+words, a constant list of the most common ground-truth concepts, and a
+specificity control (each filter's words against another filter's ground truth).
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Sequence
+
+import torch
+from torch.utils.data import DataLoader
+from tqdm.auto import tqdm
+
+from lavise._io import write_json_atomic, write_text_atomic
+from lavise.config import Config
+from lavise.explain import explain_filters
+from lavise.explainer import Explainer, _without_images
+from lavise.masking import list_masking_methods
+from lavise.metrics import (
+    IoUAccumulator,
+    MethodScores,
+    WordNetSynonyms,
+    constant_baseline,
+    random_words_baseline,
+    score_method,
+    scores_table,
+    specificity_test,
+)
+from lavise.statistics import FilterStats
+
+logger = logging.getLogger(__name__)
+
+__all__ = ["GroundTruth", "EvaluationReport", "compute_ground_truth", "evaluate"]
+
+
+@dataclass(frozen=True)
+class GroundTruth:
+    """Ground-truth concepts of each filter of a layer on an annotated dataset.
+
+    Attributes:
+        concepts: The dataset's concept names (columns of ``iou``).
+        iou: (d, C) dataset-level IoU of each filter with each concept.
+        threshold: IoU above which a concept is a filter's ground truth (0.04).
+        per_filter: Ground-truth concept names of each filter, best IoU first.
+    """
+
+    concepts: tuple[str, ...]
+    iou: torch.Tensor
+    threshold: float
+    per_filter: tuple[tuple[str, ...], ...]
+
+    @property
+    def filters_with_ground_truth(self) -> list[int]:
+        return [u for u, gt in enumerate(self.per_filter) if gt]
+
+    def netdissect_labels(self) -> list[str]:
+        """Each filter's highest-IoU concept (NetDissect's label)."""
+        best = self.iou.argmax(1).tolist()
+        return [self.concepts[c] for c in best]
+
+
+def compute_ground_truth(
+    store: Any,
+    dataset: Any,
+    stats: FilterStats,
+    *,
+    resolution: int | None = 112,
+    iou_threshold: float = 0.04,
+    batch_size: int = 16,
+    num_workers: int = 0,
+    device: str | torch.device = "cpu",
+    progress: bool = True,
+) -> GroundTruth:
+    """Streams over the dataset's masks and cached features, accumulating IoU.
+
+    Memory stays bounded by one batch of upsampled maps, whatever the dataset size.
+    """
+    from lavise.datasets import collate
+
+    d = store.shape[0]
+    acc = IoUAccumulator(d, len(dataset.concepts), resolution=resolution, device=device)
+    row_of = {k: i for i, k in enumerate(store.ids)}
+    failed = set(store.failed)
+    loader = DataLoader(_without_images(dataset), batch_size=batch_size, num_workers=num_workers, collate_fn=collate)
+    arr = store.array
+    thresholds = stats.thresholds.to(device)
+    for batch in tqdm(loader, desc="ground truth (IoU)", unit="batch", disable=not progress):
+        keep = [j for j, iid in enumerate(batch["image_id"]) if str(iid) not in failed]
+        if not keep:
+            continue
+        rows = [row_of[str(batch["image_id"][j])] for j in keep]
+        feats = torch.from_numpy(arr[rows].astype("float32")).to(device)
+        masks = [torch.as_tensor(batch["masks"][j]).to(device) for j in keep]
+        cids = [batch["concept_ids"][j].to(device) for j in keep]
+        acc.update(feats, thresholds, masks, cids)
+    iou = acc.iou().cpu()
+    gt_ids = acc.ground_truth(iou_threshold)
+    per_filter = tuple(tuple(dataset.concepts[c] for c in ids) for ids in gt_ids)
+    return GroundTruth(tuple(dataset.concepts), iou, iou_threshold, per_filter)
+
+
+@dataclass(frozen=True)
+class EvaluationReport:
+    """Scores of every method and baseline on one layer, shaped like the paper's Table 2."""
+
+    model: str
+    layer: str
+    explainer: str
+    dataset: str
+    rows: tuple[MethodScores, ...]
+    specificity: dict = field(default_factory=dict)
+    ground_truth: dict = field(default_factory=dict)
+    settings: dict = field(default_factory=dict)
+
+    def row(self, method: str) -> MethodScores:
+        for r in self.rows:
+            if r.method == method:
+                return r
+        raise KeyError(method)
+
+    def to_dict(self) -> dict:
+        return {
+            "model": self.model, "layer": self.layer, "explainer": self.explainer,
+            "dataset": self.dataset, "rows": [r.to_dict() for r in self.rows],
+            "specificity": self.specificity, "ground_truth": self.ground_truth,
+            "settings": self.settings,
+        }
+
+    def to_markdown(self) -> str:
+        head = (f"**{self.model} `{self.layer}`**, explainer `{self.explainer}`, target/reference "
+                f"{self.dataset}: {self.ground_truth.get('filters_with_ground_truth')} of "
+                f"{self.ground_truth.get('num_filters')} filters have ground truth.\n\n")
+        table = scores_table(list(self.rows), fmt="markdown")
+        spec = ""
+        if self.specificity:
+            spec = "\n\nSpecificity control (recall@10 of each filter's words against a random other filter's ground truth):\n\n"
+            spec += "| method | own | others (mean ± sd) | p-value |\n|---|---|---|---|\n"
+            for m, s in self.specificity.items():
+                spec += f"| {m} | {s['observed_recall']:.3f} | {s['null_mean']:.3f} ± {s['null_std']:.3f} | {s['p_value']:.4f} |\n"
+        return head + table + spec
+
+    def to_csv(self) -> str:
+        return scores_table(list(self.rows), fmt="csv")
+
+    def save(self, directory: str | Path, stem: str = "evaluation") -> list[Path]:
+        directory = Path(directory)
+        return [
+            write_text_atomic(directory / f"{stem}.md", self.to_markdown() + "\n"),
+            write_text_atomic(directory / f"{stem}.csv", self.to_csv()),
+            write_json_atomic(directory / f"{stem}.json", self.to_dict()),
+        ]
+
+
+def evaluate(
+    explainer: Explainer | str | Path,
+    reference: str | Any,
+    split: str | None = None,
+    *,
+    methods: Sequence[str] | str = ("attention", "projection", "activation", "original"),
+    config: Config | None = None,
+    ks: Sequence[int] = (5, 10, 20),
+    synonyms: bool = False,
+    baselines: bool = True,
+    train_reference: str | Sequence[str] | None = None,
+    train_split: str | None = None,
+    permutations: int = 1000,
+    resolution: int | None = 112,
+    **overrides: Any,
+) -> EvaluationReport:
+    """Scores each masking method's words against the reference data's masks.
+
+    Args:
+        explainer: An :class:`Explainer` or a checkpoint folder.
+        reference: Annotated target/reference dataset spec (``FORMAT:PATH``) or dataset.
+        split: Its split (e.g. ``val2017``); must not overlap the training images.
+        methods: Masking methods, or ``"all"``.
+        config: Settings (vocabulary, p, s, quantile, device...).
+        ks: Recall cut-offs; explanations keep ``max(ks)`` words.
+        synonyms: Also report scores with WordNet synonym matching.
+        baselines: Add NetDissect, random-word and constant-list baselines and the
+            specificity control.
+        train_reference: Annotated data disjoint from the evaluation images, for the
+            non-oracle NetDissect and constant baselines (default: the checkpoint's).
+        train_split: Its split.
+        permutations: Permutations of the specificity control.
+        resolution: Side of the grid IoU is computed on (None: the mask resolution).
+    """
+    from lavise.api import _model_for_checkpoint, features_of, filter_stats, open_dataset
+    from lavise.vocabulary import load_vocabulary
+
+    config = (config or Config()).replace(**overrides) if overrides else (config or Config())
+    if not isinstance(explainer, Explainer):
+        explainer = Explainer.load(explainer, model=_model_for_checkpoint(explainer, config))
+        explainer.model.to(config.resolved_device())
+    elif "explainer" in overrides:
+        explainer = explainer.with_kind(config.explainer)
+    if explainer.split is None:
+        raise ValueError("the checkpoint has no concept split (seen/unseen); retrain it with lavise train")
+    if isinstance(methods, str):
+        methods = list_masking_methods() if methods == "all" else [m.strip() for m in methods.split(",")]
+    for m in methods:
+        if m not in list_masking_methods():
+            raise ValueError(f"unknown masking method {m!r} (valid: {', '.join(list_masking_methods())})")
+    dataset = open_dataset(reference, split, explainer.model)
+    train_ids = set(explainer.meta.get("training", {}).get("image_ids", []))
+    overlap = train_ids & set(map(str, dataset.image_ids))
+    if overlap:
+        raise ValueError(
+            f"{len(overlap)} evaluation images were used to train the explainer (e.g. {sorted(overlap)[0]}); "
+            "evaluate on a disjoint split"
+        )
+    usable = set(dataset.concept_frequencies())
+    if not usable:
+        raise ValueError("the evaluation dataset has no concept masks")
+    if not usable & set(explainer.split.concepts):
+        raise ValueError("the evaluation dataset has no masks for any of the checkpoint's concepts")
+    store = features_of(explainer.model, explainer.layer, dataset, config)
+    stats = filter_stats(store, config)
+    gt = compute_ground_truth(store, dataset, stats, resolution=resolution,
+                              device=config.resolved_device(), progress=config.progress)
+    filters = gt.filters_with_ground_truth
+    if not filters:
+        raise ValueError("no filter has ground truth on this dataset (IoU > 0.04 with no concept)")
+    gt_lists = [list(gt.per_filter[u]) for u in filters]
+    unseen = set(explainer.split.unseen)
+    vocabulary = load_vocabulary(config.vocabulary, explainer.word_space, config.vocabulary_size,
+                                 concepts=explainer.split.concepts)
+    syn = WordNetSynonyms() if synonyms else None
+    x = max(ks)
+    top = min(config.top_images, len(store.valid_indices()))
+    rows: list[MethodScores] = []
+    predictions: dict[str, list[list[str]]] = {}
+    image_loader = None
+    for method in methods:
+        if method == "image":
+            from lavise.api import _image_loader
+
+            image_loader = _image_loader(dataset, explainer.model)
+        result = explain_filters(
+            explainer, store, stats, vocabulary, filters=filters, method=method, top=top,
+            s=config.s, x=x, images=image_loader, progress=config.progress,
+        )
+        predictions[method] = result.words()
+    if baselines:
+        predictions.update(_baselines(gt, filters, vocabulary, x, explainer, config, train_reference,
+                                      train_split, dataset, resolution))
+    for name, words in predictions.items():
+        rows.append(score_method(name, words, gt_lists, unseen, ks=tuple(ks)))
+        if syn is not None and not name.startswith("netdissect"):
+            rows.append(score_method(f"{name} (+synonyms)", words, gt_lists, unseen, ks=tuple(ks), synonyms=syn))
+    specificity = {}
+    if baselines:
+        for method in methods:
+            res = specificity_test(predictions[method], gt_lists, k=10, permutations=permutations, seed=config.seed)
+            specificity[method] = res.to_dict()
+    counts: dict[str, int] = {}
+    for g in gt_lists:
+        for c in g:
+            counts[c] = counts.get(c, 0) + 1
+    return EvaluationReport(
+        model=explainer.model.name,
+        layer=explainer.layer,
+        explainer=explainer.kind,
+        dataset=f"{getattr(dataset, 'name', 'dataset')}:{getattr(dataset, 'root', '')} {split or ''}".strip(),
+        rows=tuple(rows),
+        specificity=specificity,
+        ground_truth={
+            "num_filters": store.shape[0],
+            "filters_with_ground_truth": len(filters),
+            "images": len(store.valid_indices()),
+            "concepts_with_masks": len(usable),
+            "iou_threshold": gt.threshold,
+            "most_common": sorted(counts.items(), key=lambda kv: -kv[1])[:20],
+            "unseen_concepts": sorted(unseen & usable),
+        },
+        settings={"p": top, "s": config.s, "x": x, "quantile": config.quantile,
+                  "vocabulary": config.vocabulary, "vocabulary_size": len(vocabulary),
+                  "resolution": resolution, "methods": list(methods)},
+    )
+
+
+def _baselines(
+    gt: GroundTruth, filters: list[int], vocabulary: Any, x: int, explainer: Explainer, config: Config,
+    train_reference: Any, train_split: str | None, dataset: Any, resolution: int | None,
+) -> dict[str, list[list[str]]]:
+    """NetDissect, random-word and constant-list predictions for ``filters``."""
+    from lavise.api import features_of, filter_stats, open_dataset
+
+    out: dict[str, list[list[str]]] = {}
+    gt_lists = [list(gt.per_filter[u]) for u in filters]
+    train_gt = None
+    training = explainer.meta.get("training", {})
+    refs = train_reference or training.get("references")
+    split = train_split if train_reference else training.get("split")
+    if refs:
+        try:
+            train_ds = open_dataset(refs, split, explainer.model, exclude_ids=list(map(str, dataset.image_ids)))
+            train_store = features_of(explainer.model, explainer.layer, train_ds, config)
+            train_stats = filter_stats(train_store, config)
+            train_gt = compute_ground_truth(train_store, train_ds, train_stats, resolution=resolution,
+                                            device=config.resolved_device(), progress=config.progress)
+        except (ValueError, FileNotFoundError) as exc:
+            logger.warning("no training-split ground truth for the baselines: %s", exc)
+    if train_gt is not None:
+        labels = train_gt.netdissect_labels()
+        has = set(train_gt.filters_with_ground_truth)
+        out["netdissect (train-split labels)"] = [[labels[u]] if u in has else [] for u in filters]
+        train_lists = [list(g) for g in train_gt.per_filter if g]
+        out["constant (train-split top concepts)"] = constant_baseline(train_lists, x)
+    labels = gt.netdissect_labels()
+    out["netdissect (oracle: eval-split labels)"] = [[labels[u]] for u in filters]
+    out["constant (oracle: eval-split top concepts)"] = constant_baseline(gt_lists, x)
+    out["random words"] = random_words_baseline(vocabulary.words, len(filters), x, seed=config.seed)
+    return out
+
+
+# ---------------------------------------------------------------------------- CLI
+
+
+def add_cli_arguments(p: argparse.ArgumentParser) -> None:
+    """Flags of ``lavise evaluate``."""
+    p.add_argument("--checkpoint", type=Path, nargs="+", required=True,
+                   help="checkpoint folder(s); several give one row per layer (paper Table 3)")
+    p.add_argument("--reference", required=True, help="annotated evaluation data, FORMAT:PATH")
+    p.add_argument("--split", help="its split, e.g. val2017")
+    p.add_argument("--methods", default="attention,projection,activation,original",
+                   help="comma-separated masking methods or 'all' (image masking reruns the model per filter)")
+    p.add_argument("--train-reference", action="append",
+                   help="annotated data disjoint from the evaluation images for the non-oracle baselines "
+                        "(default: the checkpoint's training data)")
+    p.add_argument("--train-split")
+    p.add_argument("--synonyms", action="store_true", help="also score with WordNet synonym matching")
+    p.add_argument("--no-baselines", action="store_true")
+    p.add_argument("--permutations", type=int, default=1000)
+    p.add_argument("--explainer", help="override the checkpoint's explainer kind")
+    p.add_argument("--vocabulary")
+    p.add_argument("--vocabulary-size", type=int)
+    p.add_argument("-p", "--top-images", type=int, dest="top_images")
+    p.add_argument("-s", type=int)
+    p.add_argument("--quantile", type=float)
+    p.add_argument("--weights", help="local weights of the checkpoint's model")
+    p.add_argument("--out", type=Path, required=True)
+
+
+def run_cli(args: argparse.Namespace) -> int:
+    """``lavise evaluate``: prints the table and writes Markdown, CSV and JSON."""
+    from lavise.cli import _config_from
+
+    config = _config_from(args)
+    reports = []
+    for ckpt in args.checkpoint:
+        report = evaluate(
+            ckpt, args.reference, args.split, methods=args.methods, config=config,
+            synonyms=args.synonyms, baselines=not args.no_baselines,
+            train_reference=args.train_reference, train_split=args.train_split,
+            permutations=args.permutations,
+            **({"explainer": args.explainer} if args.explainer else {}),
+        )
+        stem = "evaluation" if len(args.checkpoint) == 1 else f"evaluation-{report.layer}"
+        report.save(args.out, stem)
+        print(report.to_markdown())
+        reports.append(report)
+    if len(reports) > 1:
+        lines = ["| layer | method | recall@5 | recall@10 | recall@20 |", "|---|---|---|---|---|"]
+        for r in reports:
+            for row in r.rows:
+                if row.method in args.methods.split(","):
+                    lines.append(f"| {r.layer} | {row.method} | " + " | ".join(f"{row.recall[k]:.3f}" for k in (5, 10, 20)) + " |")
+        table = "\n".join(lines) + "\n"
+        write_text_atomic(args.out / "layers.md", table)
+        print(table)
+    print(f"wrote {args.out}")
+    return 0

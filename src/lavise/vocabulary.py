@@ -1,0 +1,117 @@
+"""The explanation vocabulary: the words a filter can be explained with.
+
+The default list (``lavise/data/vocabulary.tsv``) holds about 12K concrete, visual
+words (objects, parts, animals, food, plants, materials, scenes, people, appearance
+adjectives) ranked by frequency and concreteness; it was built by
+``scripts/build_vocabulary.py`` from WordNet 3.0 and wordfreq, so using it needs neither.
+"""
+
+from __future__ import annotations
+
+import functools
+import logging
+from pathlib import Path
+from typing import Sequence
+
+from lavise.wordspace import WordSpace, normalise_concept_name
+
+logger = logging.getLogger(__name__)
+
+VOCABULARIES = ("default", "glove", "concepts")
+DEFAULT_VOCABULARY_FILE = Path(__file__).resolve().parent / "data" / "vocabulary.tsv"
+
+
+def list_vocabularies() -> list[str]:
+    """Names accepted by :func:`load_vocabulary` (besides a path to a word list)."""
+    return list(VOCABULARIES)
+
+
+@functools.lru_cache(maxsize=1)
+def default_words() -> tuple[str, ...]:
+    """Words of the shipped default vocabulary, best ranked first."""
+    text = DEFAULT_VOCABULARY_FILE.read_text(encoding="utf-8")
+    words = []
+    for line in text.splitlines():
+        if not line or line.startswith("#") or line.startswith("word\t"):
+            continue
+        words.append(line.split("\t", 1)[0])
+    return tuple(words)
+
+
+def read_word_list(path: str | Path) -> list[str]:
+    """Reads one word per line; ``#`` starts a comment, blank lines are ignored.
+
+    Raises:
+        FileNotFoundError: ``path`` does not exist.
+    """
+    p = Path(path).expanduser()
+    if not p.is_file():
+        raise FileNotFoundError(f"vocabulary file not found: {path}")
+    words = []
+    for line in p.read_text(encoding="utf-8").splitlines():
+        word = line.split("#", 1)[0].strip()
+        if word:
+            words.append(word)
+    return words
+
+
+def load_vocabulary(
+    spec: str | None = "default",
+    word_space: WordSpace | None = None,
+    size: int | None = None,
+    concepts: Sequence[str] = (),
+) -> WordSpace:
+    """The explanation vocabulary as a subset of ``word_space``.
+
+    Args:
+        spec: ``"default"`` (the shipped list; also used for None), ``"glove"`` (every
+            word of the space, in its order: GloVe rows are sorted by frequency),
+            ``"concepts"`` (the tokens of ``concepts``, the reference dataset's category
+            names), or a path to a word list (one word per line, ``#`` comments).
+        word_space: The word vectors (default: :func:`lavise.wordspace.load_word_space`).
+        size: Keep only the ``size`` best-ranked words (None: all).
+        concepts: Category names, for ``spec="concepts"``.
+
+    Returns:
+        A :class:`WordSpace` named ``"<space>:<spec>"``, words in rank order.
+
+    Raises:
+        ValueError: ``size`` < 1, no concepts for ``"concepts"``, or no word is left.
+        FileNotFoundError: ``spec`` is a path that does not exist.
+    """
+    if size is not None and size < 1:
+        raise ValueError(f"vocabulary size must be >= 1, got {size}")
+    if word_space is None:
+        from lavise.wordspace import load_word_space
+
+        word_space = load_word_space()
+    spec = spec or "default"
+    if spec == "default":
+        words: Sequence[str] = default_words()
+        label = "default"
+    elif spec == "glove":
+        words = word_space.words
+        label = "glove"
+    elif spec == "concepts":
+        if not concepts:
+            raise ValueError("vocabulary 'concepts' needs the reference dataset's concept names")
+        words = [t for name in concepts for t in normalise_concept_name(name, known=word_space)]
+        label = "concepts"
+    else:
+        words = read_word_list(spec)
+        label = str(Path(spec).expanduser())
+    words = list(dict.fromkeys(words))
+    unknown = [w for w in words if w not in word_space]
+    if unknown:
+        logger.warning("%d of %d vocabulary words (%s) are not in word space %r and are "
+                       "skipped: %s", len(unknown), len(words), label, word_space.name,
+                       ", ".join(unknown[:50]) + (", ..." if len(unknown) > 50 else ""))
+    kept = [w for w in words if w in word_space]
+    if size is not None:
+        kept = kept[:size]
+    if not kept:
+        raise ValueError(f"vocabulary {label!r} has no word in word space {word_space.name!r}")
+    suffix = "" if size is None else f"[:{size}]"
+    vocab = word_space.subset(kept, name=f"{word_space.name}:{label}{suffix}")
+    logger.info("vocabulary %s: %d words", vocab.name, len(vocab))
+    return vocab

@@ -1,0 +1,147 @@
+"""The explainer: eq. 1, the concept split, training on pooled features, ConSE, checkpoints."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+import torch
+import torch.nn.functional as F
+
+from lavise.explainer import (
+    ConceptFeatures,
+    ConceptSplit,
+    Explainer,
+    ExplainerHead,
+    fit_head,
+    hinge_rank_loss,
+    masks_to_feature_grid,
+    split_concepts,
+)
+from lavise.wordspace import WordSpace
+from tiny import tiny_model
+
+WORDS = ["dog", "cat", "car", "tree", "sky", "grass", "road", "water"]
+
+
+def toy_space(dim: int = 8, seed: int = 0) -> WordSpace:
+    g = torch.Generator().manual_seed(seed)
+    return WordSpace("toy", WORDS, torch.randn(len(WORDS), dim, generator=g))
+
+
+def test_hinge_rank_loss_equals_eq1_by_hand():
+    g = torch.Generator().manual_seed(1)
+    pred = torch.randn(3, 4, generator=g)
+    vecs = F.normalize(torch.randn(5, 4, generator=g), dim=1)
+    targets = torch.tensor([0, 3, 1])
+    total = 0.0
+    for b in range(3):
+        v = F.normalize(pred[b], dim=0)
+        t = targets[b]
+        total += sum(max(0.0, 1 - float(vecs[t] @ v) + float(vecs[c] @ v)) for c in range(5) if c != t)
+    assert hinge_rank_loss(pred, targets, vecs).item() == pytest.approx(total / 3, rel=1e-5)
+
+
+def test_split_is_seeded_without_replacement():
+    concepts = [f"c{i}" for i in range(20)]
+    a = split_concepts(concepts, 0.7, seed=3)
+    assert len(a.seen) == 14 and len(set(a.seen)) == 14 and not set(a.seen) & set(a.unseen)
+    assert a == split_concepts(list(reversed(concepts)), 0.7, seed=3)
+    assert a.seen != split_concepts(concepts, 0.7, seed=4).seen
+    assert ConceptSplit.from_dict(json.loads(json.dumps(a.to_dict()))) == a
+    with pytest.raises(ValueError):
+        split_concepts(concepts, 0.0)
+
+
+def test_masks_resize_to_feature_grid_by_area():
+    m = torch.zeros(1, 8, 8, dtype=torch.uint8)
+    m[0, :4, :2] = 1  # covers half of the top-left 4x4 cell
+    grid = masks_to_feature_grid(m, (2, 2))
+    assert grid.tolist() == [[[0.5, 0.0], [0.0, 0.0]]]
+
+
+def _synthetic_pairs(space: WordSpace, n: int = 400, d: int = 16, seed: int = 0) -> ConceptFeatures:
+    """Each concept has its own direction in feature space, plus noise."""
+    g = torch.Generator().manual_seed(seed)
+    protos = torch.randn(len(WORDS), d, generator=g) * 3
+    labels = torch.randint(0, len(WORDS), (n,), generator=g)
+    x = protos[labels] + torch.randn(n, d, generator=g)
+    return ConceptFeatures(x, [WORDS[i] for i in labels], torch.arange(n), torch.ones(n))
+
+
+def test_head_learns_seen_concepts_from_pooled_features():
+    space = toy_space()
+    pairs = _synthetic_pairs(space)
+    split = split_concepts(WORDS, 0.75, seed=0)
+    train, held = pairs.select(torch.arange(0, 300)), pairs.select(torch.arange(300, 400))
+    head, history = fit_head(train, held, split, space, epochs=15, lr=3e-3, progress=False)
+    assert isinstance(head, ExplainerHead)
+    assert history[-1].loss < history[0].loss
+    assert history[-1].seen_top1 > 0.9
+    assert history[-1].unseen_top1 is not None
+
+
+def _explainer(kind: str = "trained") -> Explainer:
+    model = tiny_model()
+    space = toy_space()
+    head = ExplainerHead(6, space.dim).eval()
+    split = split_concepts(WORDS, 0.5)
+    return Explainer(model, "features", space, kind, head, split, conse_top=2, meta={"training": {"epochs": 1}})
+
+
+def test_checkpoint_roundtrip_and_mismatch_errors(tmp_path):
+    exp = _explainer("trained+conse")
+    exp.save(tmp_path / "ckpt")
+    assert (tmp_path / "ckpt" / "explainer.safetensors").is_file()
+    meta = json.loads((tmp_path / "ckpt" / "lavise.json").read_text())
+    assert meta["layer"]["name"] == "features" and meta["model"]["name"] == "tiny"
+    assert meta["split"]["seen"] and meta["explainer"]["kind"] == "trained+conse"
+    assert meta["model"]["preprocessing"]["crop"] == 32
+    back = Explainer.load(tmp_path / "ckpt", model=exp.model, word_space=exp.word_space)
+    x = torch.randn(5, 6)
+    assert torch.allclose(back.embed(x), exp.embed(x), atol=1e-6)
+    assert back.split == exp.split and back.meta["training"] == {"epochs": 1}
+    with pytest.raises(ValueError, match="weights"):
+        Explainer.load(tmp_path / "ckpt", model=tiny_model(seed=5), word_space=exp.word_space)
+    with pytest.raises(ValueError, match="word space"):
+        Explainer.load(tmp_path / "ckpt", model=exp.model, word_space=toy_space(seed=9))
+    with pytest.raises(FileNotFoundError):
+        Explainer.load(tmp_path / "nothing", model=exp.model, word_space=exp.word_space)
+
+
+def test_failed_save_leaves_previous_checkpoint_intact(tmp_path, monkeypatch):
+    exp = _explainer()
+    exp.save(tmp_path / "ckpt")
+    before = (tmp_path / "ckpt" / "lavise.json").read_text()
+    monkeypatch.setattr(Explainer, "metadata", lambda self: (_ for _ in ()).throw(RuntimeError("disk full")))
+    with pytest.raises(RuntimeError):
+        exp.save(tmp_path / "ckpt")
+    assert (tmp_path / "ckpt" / "lavise.json").read_text() == before
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["ckpt"]
+
+
+def test_conse_is_the_probability_weighted_mean_of_class_vectors():
+    exp = _explainer("conse")
+    pooled = torch.randn(3, 6)
+    logits = exp.model.module.fc(pooled)
+    top = logits.topk(2, dim=1)
+    probs = torch.softmax(top.values, 1)
+    names = exp.model.class_names
+    vecs = torch.stack([exp.word_space.vector(n) for n in names])
+    expected = F.normalize(torch.einsum("nt,nte->ne", probs, vecs[top.indices]), dim=1)
+    assert torch.allclose(exp.embed(pooled), expected, atol=1e-5)
+
+
+def test_combined_kind_sums_normalised_outputs():
+    exp = _explainer("trained+conse")
+    x = torch.randn(4, 6)
+    expected = F.normalize(exp.trained(x) + exp.conse(x), dim=1)
+    assert torch.allclose(exp.embed(x), expected, atol=1e-6)
+
+
+def test_conse_needs_a_layer_that_feeds_the_classifier():
+    model = tiny_model()
+    with pytest.raises(ValueError, match="trained"):
+        Explainer(model, "features.0", toy_space(), "conse")
+    with pytest.raises(ValueError, match="trained head"):
+        Explainer(model, "features", toy_space(), "trained")
