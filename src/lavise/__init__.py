@@ -1,0 +1,71 @@
+"""lavise: explain what every filter of a CNN has learned, in words.
+
+An implementation of "Explaining Deep Convolutional Neural Networks via Latent
+Visual-Semantic Filter Attention" (Yang, Kim, Joo, CVPR 2022).
+
+Example:
+    >>> import lavise
+    >>> explainer = lavise.train("efficientnet-lite0", "coco-panoptic:sample/coco-panoptic", "train2017")
+    >>> result = lavise.explain(explainer, "coco-panoptic:sample/coco-panoptic", "val2017")
+    >>> print(result.table())
+"""
+
+from lavise.api import explain, train
+from lavise.config import Config
+from lavise.datasets import list_dataset_formats, load_dataset
+from lavise.explain import Explanations, FilterExplanation, TopImage
+from lavise.explainer import ConceptSplit, Explainer, ExplainerHead, hinge_rank_loss
+from lavise.features import FeatureStore, extract_features
+from lavise.masking import get_masking_method, list_masking_methods
+from lavise.models import (
+    FeatureHook,
+    LayerInfo,
+    TargetModel,
+    list_layers,
+    list_models,
+    load_model,
+    wrap_model,
+)
+from lavise.preprocessing import Preprocessing
+from lavise.statistics import FilterStats, compute_filter_stats
+from lavise.vocabulary import list_vocabularies, load_vocabulary
+from lavise.words import RankedWord, select_words
+from lavise.wordspace import WordSpace, list_word_spaces, load_word_space
+
+__version__ = "0.1.0"
+
+__all__ = [
+    "Config",
+    "ConceptSplit",
+    "Explainer",
+    "ExplainerHead",
+    "Explanations",
+    "FeatureHook",
+    "FeatureStore",
+    "FilterExplanation",
+    "FilterStats",
+    "LayerInfo",
+    "Preprocessing",
+    "RankedWord",
+    "TargetModel",
+    "TopImage",
+    "WordSpace",
+    "compute_filter_stats",
+    "explain",
+    "extract_features",
+    "get_masking_method",
+    "hinge_rank_loss",
+    "list_dataset_formats",
+    "list_layers",
+    "list_masking_methods",
+    "list_models",
+    "list_vocabularies",
+    "list_word_spaces",
+    "load_dataset",
+    "load_model",
+    "load_vocabulary",
+    "load_word_space",
+    "select_words",
+    "train",
+    "wrap_model",
+]
