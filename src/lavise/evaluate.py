@@ -316,7 +316,7 @@ def _baselines(
         has = set(train_gt.filters_with_ground_truth)
         out["netdissect (train-split labels)"] = [[labels[u]] if u in has else [] for u in filters]
         train_lists = [list(g) for g in train_gt.per_filter if g]
-        out["constant (train-split top concepts)"] = constant_baseline(train_lists, x)
+        out["constant (train-split top concepts)"] = constant_baseline(gt_lists, x, ground_truth_source=train_lists)
     labels = gt.netdissect_labels()
     out["netdissect (oracle: eval-split labels)"] = [[labels[u]] for u in filters]
     out["constant (oracle: eval-split top concepts)"] = constant_baseline(gt_lists, x)
