@@ -55,7 +55,8 @@ def open_dataset(
     """A dataset (or several combined, deduplicated by image id) with the model's preprocessing.
 
     Args:
-        spec: ``FORMAT:PATH``, a plain folder of images, a dataset, or a list of these.
+        spec: ``FORMAT:PATH`` (optionally ``FORMAT:PATH@SPLIT``), a plain folder of images,
+            a dataset, or a list of these.
         split: Split of the dataset specs (``train2017``...).
         model: Its preprocessing is applied to images and masks.
         exclude_ids: Image ids to leave out (e.g. those of an evaluation split).
@@ -72,6 +73,8 @@ def open_dataset(
 def _open_one(spec: str | ReferenceDataset, split: str | None, model: TargetModel) -> Any:
     if not isinstance(spec, str):
         return spec
+    if "@" in spec and "/" not in spec.rsplit("@", 1)[1]:
+        spec, split = spec.rsplit("@", 1)  # FORMAT:PATH@SPLIT names its own split
     fmt = spec.split(":", 1)[0]
     if ":" not in spec or fmt not in list_dataset_formats():
         if Path(spec).is_dir():
@@ -114,6 +117,7 @@ def train(
     *,
     config: Config | None = None,
     out: str | Path | None = None,
+    exclude: str | Sequence[str] | None = None,
     **overrides: Any,
 ) -> Explainer:
     """Trains a LaViSE explainer for one layer on reference datasets (Algorithm 1).
@@ -124,6 +128,8 @@ def train(
         split: Split of the reference data (``train2017``...).
         config: Settings (default :class:`Config`); ``overrides`` replace fields of it.
         out: Write the checkpoint to this folder.
+        exclude: Dataset spec(s) whose images are left out of training (e.g. the
+            evaluation split), matched by image id.
 
     Returns:
         The explainer; its ``meta`` holds the per-epoch held-out accuracies.
@@ -132,12 +138,16 @@ def train(
     start = time.time()
     target = prepare_model(model, config)
     layer = target.layer(config.layer).name
-    dataset = open_dataset(reference, split, target)
+    excluded: list[str] = []
+    if exclude:
+        excluded = [str(i) for i in open_dataset(exclude, split, target).image_ids]
+    dataset = open_dataset(reference, split, target, exclude_ids=excluded)
     if len(dataset) == 0:
         raise ValueError("the reference dataset is empty")
     word_space = load_word_space(config.word_space)
     store = features_of(target, layer, dataset, config)
-    pairs = pool_concept_features(store, dataset, num_workers=config.num_workers, progress=config.progress)
+    pairs = pool_concept_features(store, dataset, num_workers=config.num_workers, progress=config.progress,
+                                  pooling=config.pooling)
     _, kept, missing = word_space.concept_matrix(sorted(set(pairs.concepts)))
     split_ = split_concepts(kept, config.seen_fraction, config.seed, missing)
     head, history = None, []
@@ -167,7 +177,8 @@ def train(
         },
         "created": time.strftime("%Y-%m-%dT%H:%M:%S"),
     }
-    explainer = Explainer(target, layer, word_space, config.explainer, head, split_, config.conse_top, meta)
+    explainer = Explainer(target, layer, word_space, config.explainer, head, split_, config.conse_top, meta,
+                          pooling=config.pooling)
     if out is not None:
         explainer.save(out)
         logger.info("checkpoint written to %s", out)

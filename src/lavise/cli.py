@@ -92,10 +92,13 @@ def build_parser() -> argparse.ArgumentParser:
     _add_model(p)
     p.add_argument("--reference", action="append", required=True,
                    help=f"FORMAT:PATH, repeatable; formats: {', '.join(list_dataset_formats())}")
-    p.add_argument("--split", help="split of the reference data, e.g. train2017")
+    p.add_argument("--split", help="split of the reference data, e.g. train2017 (FORMAT:PATH@SPLIT overrides it)")
+    p.add_argument("--exclude", action="append",
+                   help="FORMAT:PATH[@SPLIT] whose images are left out of training (e.g. the evaluation split)")
     p.add_argument("--embeddings", dest="word_space", help="word space: glove-6b-50d (default) or a GloVe/word2vec text file")
     p.add_argument("--explainer", choices=EXPLAINER_KINDS, help="explainer kind (default trained+conse)")
     p.add_argument("--seen-fraction", type=float, help="share of categories that supervise training (default 0.7)")
+    p.add_argument("--pooling", choices=["mean", "rescaled"], help="pooling of masked features (see README)")
     p.add_argument("--epochs", type=int)
     p.add_argument("--lr", type=float)
     p.add_argument("--batch-size", type=int)
@@ -176,7 +179,7 @@ def cmd_train(args: argparse.Namespace) -> int:
     from lavise.api import train
 
     config = _config_from(args)
-    explainer = train(config.model, args.reference, args.split, config=config, out=args.out)
+    explainer = train(config.model, args.reference, args.split, config=config, out=args.out, exclude=args.exclude)
     print(_training_summary(explainer, args.out))
     return 0
 

@@ -27,6 +27,8 @@ class Config:
         vocabulary_size: Keep the N most common vocabulary words (None: all).
         explainer: ``trained``, ``conse`` or ``trained+conse``.
         conse_top: T, the classes ConSE averages.
+        pooling: ``mean`` (paper: global average of the masked map) or ``rescaled``
+            (that vector scaled to the norm of the image's unmasked average).
         seen_fraction: Share of reference categories that supervise training.
         epochs: Training epochs of the explainer head (on cached pooled features).
         lr: Adam learning rate.
@@ -55,6 +57,7 @@ class Config:
     vocabulary_size: int | None = 1000
     explainer: str = "trained+conse"
     conse_top: int = 10
+    pooling: str = "mean"
     seen_fraction: float = 0.7
     epochs: int = 30
     lr: float = 1e-3
@@ -91,6 +94,7 @@ class Config:
             (self.num_workers >= 0, f"workers must be >= 0, got {self.num_workers}"),
             (self.vocabulary_size is None or self.vocabulary_size >= 1,
              f"vocabulary size must be >= 1, got {self.vocabulary_size}"),
+            (self.pooling in ("mean", "rescaled"), f"unknown pooling {self.pooling!r} (valid: mean, rescaled)"),
             (self.explainer in EXPLAINER_KINDS,
              f"unknown explainer {self.explainer!r} (valid: {', '.join(EXPLAINER_KINDS)})"),
         ]

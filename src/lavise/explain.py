@@ -25,7 +25,7 @@ import torch
 from tqdm.auto import tqdm
 
 from lavise._io import write_text_atomic
-from lavise.explainer import Explainer
+from lavise.explainer import Explainer, rescale_pooled
 from lavise.masking import get_masking_method
 from lavise.statistics import FilterStats
 from lavise.words import RankedWord, select_words
@@ -207,6 +207,7 @@ def pooled_top_image_features(
     device: str | torch.device = "cpu",
     max_elements: int = 64_000_000,
     progress: bool = True,
+    pooling: str = "mean",
 ) -> torch.Tensor:
     """Pooled masked features (U, top, d) of each filter's top images.
 
@@ -220,6 +221,7 @@ def pooled_top_image_features(
         extract: Normalised images -> layer features (needed by the ``image`` method).
         device: Where pooling runs.
         max_elements: Bound on the pooled block held at once (B * U * d).
+        pooling: ``mean`` or ``rescaled`` (see :func:`lavise.explainer.rescale_pooled`).
     """
     masking = get_masking_method(method)
     d = store.shape[0]
@@ -246,6 +248,8 @@ def pooled_top_image_features(
             pooled = masking.pool_images(imgs, feats, need_t, thresholds, extract)
         else:
             pooled = masking.pool(feats, need_t, thresholds)
+        if pooling == "rescaled":
+            pooled = rescale_pooled(pooled, feats.mean((2, 3)).norm(dim=1)[:, None])
         pooled = pooled.cpu()
         for b, r in enumerate(idx.tolist()):
             for pos, slot in pairs[r]:
@@ -311,7 +315,7 @@ def explain_filters(
     device = explainer.device
     pooled = pooled_top_image_features(
         store, stats, filters, method, top=top, images=images, extract=extract,
-        device=device, progress=progress,
+        device=device, progress=progress, pooling=explainer.pooling,
     )
     u, p, dd = pooled.shape
     vectors = torch.cat([explainer.embed(chunk.to(device)).cpu() for chunk in pooled.reshape(u * p, dd).split(4096)])
@@ -329,7 +333,7 @@ def explain_filters(
             top_images=tuple(TopImage(store.ids[int(i)], float(v)) for i, v in zip(top_idx[pos], top_val[pos])),
             threshold=float(stats.thresholds[uu]),
         ))
-    settings = {"p": top, "s": s, "x": x, "quantile": stats.quantile,
+    settings = {"p": top, "s": s, "x": x, "quantile": stats.quantile, "pooling": explainer.pooling,
                 "vocabulary_size": len(vocabulary), "weight_by_activation": weight_by_activation,
                 "images": len(store), "word_space": explainer.word_space.name}
     return Explanations(explainer.model.name, explainer.layer, method, explainer.kind, settings, tuple(results))

@@ -51,6 +51,24 @@ __all__ = [
 ]
 
 EXPLAINER_KINDS = ("trained", "conse", "trained+conse")
+POOLINGS = ("mean", "rescaled")
+
+
+def rescale_pooled(pooled: torch.Tensor, image_gap_norm: torch.Tensor) -> torch.Tensor:
+    """Rescales pooled masked vectors to the norm of their image's unmasked average.
+
+    Masking keeps a direction in feature space but shrinks the vector (a mask that
+    covers 2 of 49 cells leaves 4% of the mass), which pushes a classifier or a
+    BatchNorm head toward its bias. ``pooling="rescaled"`` keeps the direction and
+    restores the scale the model's head was trained on.
+
+    Args:
+        pooled: (..., d) pooled masked features.
+        image_gap_norm: (...,) L2 norm of the image's global average pooled features,
+            broadcastable against ``pooled.shape[:-1]``.
+    """
+    norm = pooled.norm(dim=-1).clamp_min(1e-12)
+    return pooled * (image_gap_norm / norm).unsqueeze(-1)
 CHECKPOINT_VERSION = 1
 
 
@@ -172,7 +190,8 @@ def masks_to_feature_grid(masks: torch.Tensor, size: tuple[int, int]) -> torch.T
 
 
 def pool_concept_features(
-    store: Any, dataset: Any, *, num_workers: int = 0, progress: bool = True, min_coverage: float = 0.0
+    store: Any, dataset: Any, *, num_workers: int = 0, progress: bool = True, min_coverage: float = 0.0,
+    pooling: str = "mean",
 ) -> ConceptFeatures:
     """Pools each image's cached features under each of its concept masks.
 
@@ -182,7 +201,11 @@ def pool_concept_features(
         num_workers: DataLoader workers reading annotations.
         progress: Show a progress bar.
         min_coverage: Drop pairs whose mask covers less of the feature map than this.
+        pooling: ``mean`` (the paper's global average of ``F * M``) or ``rescaled``
+            (the same vector scaled to the norm of the image's unmasked average).
     """
+    if pooling not in POOLINGS:
+        raise ValueError(f"unknown pooling {pooling!r} (valid: {', '.join(POOLINGS)})")
     from torch.utils.data import DataLoader
 
     from lavise.datasets import collate
@@ -201,7 +224,10 @@ def pool_concept_features(
             row = row_of[str(image_id)]
             feats = torch.from_numpy(np.asarray(arr[row], dtype=np.float32)).reshape(d, h * w)
             grid = masks_to_feature_grid(torch.as_tensor(masks), (h, w)).reshape(len(cids), h * w)
-            pooled.append(grid @ feats.T / (h * w))
+            vecs = grid @ feats.T / (h * w)
+            if pooling == "rescaled":
+                vecs = rescale_pooled(vecs, feats.mean(1).norm())
+            pooled.append(vecs)
             cover.append(grid.mean(1))
             names.extend(dataset.concepts[int(c)] for c in cids)
             images.append(torch.full((len(cids),), row, dtype=torch.long))
@@ -336,6 +362,8 @@ class Explainer:
         head: Trained head (required by kinds that contain ``trained``).
         split: The concept split the head was trained with.
         conse_top: T, the number of top classes ConSE averages.
+        pooling: How masked features are pooled, in training and when explaining
+            (``mean`` or ``rescaled``; see :func:`rescale_pooled`).
         meta: Training settings, metrics and provenance, stored in the checkpoint.
     """
 
@@ -349,7 +377,11 @@ class Explainer:
         split: ConceptSplit | None = None,
         conse_top: int = 10,
         meta: dict | None = None,
+        pooling: str = "mean",
     ) -> None:
+        if pooling not in POOLINGS:
+            raise ValueError(f"unknown pooling {pooling!r} (valid: {', '.join(POOLINGS)})")
+        self.pooling = pooling
         if kind not in EXPLAINER_KINDS:
             raise ValueError(f"unknown explainer kind {kind!r} (valid: {', '.join(EXPLAINER_KINDS)})")
         if "trained" in kind and head is None:
@@ -422,7 +454,7 @@ class Explainer:
     def with_kind(self, kind: str) -> "Explainer":
         """The same explainer with another kind (e.g. for a sweep)."""
         return Explainer(self.model, self.layer, self.word_space, kind, self.head, self.split,
-                         self.conse_top, self.meta)
+                         self.conse_top, self.meta, self.pooling)
 
     # ----------------------------------------------------------------- checkpoint
 
@@ -437,7 +469,7 @@ class Explainer:
                       "width": info.width},
             "word_space": {"name": self.word_space.name, "dim": self.word_space.dim,
                            "fingerprint": self.word_space.fingerprint},
-            "explainer": {"kind": self.kind, "conse_top": self.conse_top,
+            "explainer": {"kind": self.kind, "conse_top": self.conse_top, "pooling": self.pooling,
                           "has_head": self.head is not None},
             "split": self.split.to_dict() if self.split else None,
             **{k: v for k, v in self.meta.items() if k not in ("model", "layer", "word_space", "split")},
@@ -536,7 +568,7 @@ class Explainer:
         split = ConceptSplit.from_dict(meta["split"]) if meta.get("split") else None
         extra = {k: v for k, v in meta.items() if k not in ("format", "version", "model", "layer", "word_space", "explainer", "split")}
         return cls(model, layer["name"], word_space, kind or meta["explainer"]["kind"], head, split,
-                   meta["explainer"].get("conse_top", 10), extra)
+                   meta["explainer"].get("conse_top", 10), extra, meta["explainer"].get("pooling", "mean"))
 
 
 def _jsonable(obj: Any) -> Any:
