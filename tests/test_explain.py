@@ -124,3 +124,28 @@ def test_explainer_of_another_layer_is_refused(setup, tmp_path):
     stats = compute_filter_stats(store, top_k=4, progress=False)
     with pytest.raises(ValueError, match="layer"):
         explain_filters(exp, store, stats, exp.word_space)
+
+
+@pytest.mark.parametrize("method", ["attention", "projection", "activation", "original"])
+def test_pooled_pairs_equal_a_per_filter_per_image_loop(method):
+    from lavise.explain import pooled_top_image_features
+    from lavise.masking import get_masking_method
+    from lavise.statistics import TensorFeatureSource
+
+    torch.manual_seed(0)
+    feats = torch.rand(30, 8, 3, 3)
+    src = TensorFeatureSource(feats)
+    stats = compute_filter_stats(src, quantile=0.05, top_k=5, progress=False)
+    out = pooled_top_image_features(src, stats, [1, 3, 7], method, top=5, progress=False, max_elements=50)
+    m = get_masking_method(method)
+    for pos, u in enumerate([1, 3, 7]):
+        for slot, img in enumerate(stats.top_images[u, :5].tolist()):
+            ref = m.pool(feats[img:img + 1], torch.tensor([u]), stats.thresholds)[0, 0]
+            assert torch.allclose(out[pos, slot], ref, atol=1e-6)
+
+
+def test_thresholded_methods_ignore_top_images_where_the_filter_does_not_fire(setup):
+    exp, folder, config = setup
+    r = explain(exp, str(folder), config=config.replace(method="activation", quantile=0.01))
+    for f in r:
+        assert sum(w.count for w in f.words) > 0

@@ -15,7 +15,6 @@ import csv
 import io
 import json
 import logging
-from collections import defaultdict
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any, Callable, Iterable, Sequence
@@ -225,22 +224,29 @@ def pooled_top_image_features(
     """
     masking = get_masking_method(method)
     d = store.shape[0]
-    top_idx = stats.top_images[filters, :top]  # (U, top)
-    pairs: dict[int, list[tuple[int, int]]] = defaultdict(list)  # image row -> [(u pos, slot)]
-    for pos, row in enumerate(top_idx.tolist()):
-        for slot, img in enumerate(row):
-            pairs[int(img)].append((pos, slot))
-    out = torch.zeros(len(filters), top, d)
+    u_count = len(filters)
+    filt = torch.as_tensor(list(filters), dtype=torch.long)
+    top_idx = stats.top_images[filt, :top]  # (U, top)
+    # Every (filter, slot) pair and the image row it needs.
+    pair_pos = torch.arange(u_count).repeat_interleave(top)
+    pair_slot = torch.arange(top).repeat(u_count)
+    pair_img = top_idx.reshape(-1)
+    rows = torch.unique(pair_img).tolist()
+    out = torch.zeros(u_count, top, d)
     thresholds = stats.thresholds.to(device)
-    filt = torch.as_tensor(filters, dtype=torch.long)
-    rows = sorted(pairs)
-    per_image = max(1, max_elements // max(1, len(filters) * d))
+    batch_pos = torch.full((len(store),), -1, dtype=torch.long)
+    col_of = torch.full((d,), -1, dtype=torch.long)
+    # The image method runs the model for each pooled pair: one image per batch keeps
+    # that to the pairs actually needed.
+    per_image = 1 if masking.needs_model else max(1, min(64, max_elements // max(1, u_count * d)))
     bar = tqdm(total=len(rows), desc=f"pool {method}", unit="img", disable=not progress)
-    for idx, feats in store.batches(batch_size=min(per_image, 64), indices=rows):
+    for idx, feats in store.batches(batch_size=per_image, indices=rows):
         feats = feats.to(device)
-        need = sorted({filters[p] for r in idx.tolist() for p, _ in pairs[r]})
-        need_t = torch.as_tensor(need, dtype=torch.long, device=device)
-        col = {u: j for j, u in enumerate(need)}
+        batch_pos[idx] = torch.arange(len(idx))
+        sel = torch.nonzero(batch_pos[pair_img] >= 0).flatten()
+        need = torch.unique(filt[pair_pos[sel]])
+        col_of[need] = torch.arange(len(need))
+        need_t = need.to(device)
         if masking.needs_model:
             if images is None or extract is None:
                 raise ValueError("the image masking method needs the images and the model")
@@ -251,12 +257,11 @@ def pooled_top_image_features(
         if pooling == "rescaled":
             pooled = rescale_pooled(pooled, feats.mean((2, 3)).norm(dim=1)[:, None])
         pooled = pooled.cpu()
-        for b, r in enumerate(idx.tolist()):
-            for pos, slot in pairs[r]:
-                out[pos, slot] = pooled[b, col[filters[pos]]]
+        out[pair_pos[sel], pair_slot[sel]] = pooled[batch_pos[pair_img[sel]], col_of[filt[pair_pos[sel]]]]
+        batch_pos[idx] = -1
+        col_of[need] = -1
         bar.update(len(idx))
     bar.close()
-    del filt
     return out
 
 
@@ -323,6 +328,12 @@ def explain_filters(
     top_idx = stats.top_images[filters, :top]
     top_val = stats.top_values[filters, :top]
     weights = top_val.clamp(min=0) if weight_by_activation else None
+    if get_masking_method(method).thresholded:
+        # A thresholded mask is empty in a top image where the filter never reaches
+        # T_u (small datasets: fewer than p images hold the top p% of activations);
+        # such images say nothing about the filter and get no vote.
+        fires = (top_val >= stats.thresholds[filters, None]) & (top_val > 0)
+        weights = fires.float() if weights is None else weights * fires
     ranked = select_words(vectors, vocabulary, s=s, x=x, weights=weights, allow=allow, block=block)
     results = []
     for pos, uu in enumerate(filters):

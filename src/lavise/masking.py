@@ -97,6 +97,8 @@ class MaskingMethod:
 
     name: ClassVar[str] = ""
     needs_model: ClassVar[bool] = False
+    #: The representation is empty where the filter does not reach T_u in an image.
+    thresholded: ClassVar[bool] = False
 
     def pool(self, features: torch.Tensor, filters: torch.Tensor | Sequence[int],
              thresholds: torch.Tensor) -> torch.Tensor:
@@ -195,9 +197,10 @@ class ProjectionMasking(MaskingMethod):
 
 @register_masking_method
 class ActivationMasking(MaskingMethod):
-    """Activation masking: ``mean_xy(F_k * [F_u > T_u])``."""
+    """Activation masking: ``mean_xy(F_k * [F_u >= T_u])``."""
 
     name = "activation"
+    thresholded = True
 
     def pool(self, features: torch.Tensor, filters: torch.Tensor | Sequence[int],
              thresholds: torch.Tensor) -> torch.Tensor:
@@ -224,13 +227,14 @@ class OriginalMasking(MaskingMethod):
 
 @register_masking_method
 class ImageMasking(MaskingMethod):
-    """Image masking: mask the input where the upsampled ``F_u > T_u``, re-run the model.
+    """Image masking: mask the input where the upsampled ``F_u >= T_u``, re-run the model.
 
     Masking is applied to the *normalised* image, so masked-out pixels become 0, the
     dataset mean colour. Costs one forward pass per (image, filter) pair.
     """
 
     name = "image"
+    thresholded = True
     needs_model = True
 
     def pool(self, features: torch.Tensor, filters: torch.Tensor | Sequence[int],
