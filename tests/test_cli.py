@@ -1,0 +1,101 @@
+"""The command line: thin over the API, one-line errors with exit status 2, no partial outputs."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+import torch
+import torchvision
+
+from lavise.cli import main
+
+
+def run(capsys, *argv: str) -> tuple[int, str, str]:
+    code = main(list(argv))
+    out, err = capsys.readouterr()
+    return code, out, err
+
+
+def test_list_choices_come_from_the_registries(capsys):
+    code, out, _ = run(capsys, "list", "methods")
+    assert code == 0 and out.split() == ["attention", "projection", "activation", "original", "image"]
+    code, out, _ = run(capsys, "list", "formats")
+    assert {"coco-instances", "coco-panoptic", "visual-genome", "imagefolder", "folder"} <= set(out.split())
+
+
+def test_layers_lists_channels_and_map_sizes(capsys):
+    code, out, _ = run(capsys, "layers", "efficientnet-lite0")
+    assert code == 0
+    line = next(l for l in out.splitlines() if l.startswith("_head_act "))
+    assert "1280" in line and "7x7" in line and "*" in line
+    assert "_blocks.15 " in out and "_blocks.1._swish" not in out
+
+
+@pytest.mark.parametrize(
+    "argv, message",
+    [
+        (["layers", "resnet-18"], "resnet18"),
+        (["train", "--reference", "coco-panoptic:/no/such/dir", "--split", "train2017", "--out", "{tmp}/c"], "not"),
+        (["train", "--layer", "_fc", "--reference", "folder:{tmp}", "--out", "{tmp}/c"], "no spatial map"),
+        (["train", "--layer", "_blok.15", "--reference", "folder:{tmp}", "--out", "{tmp}/c"], "_blocks.15"),
+        (["train", "--reference", "cocopanoptic:{tmp}", "--out", "{tmp}/c"], "unknown"),
+        (["explain", "--checkpoint", "{tmp}/none", "--images", "{tmp}", "--out", "{tmp}/o"], "lavise.json"),
+        (["train", "--seen-fraction", "1.5", "--reference", "folder:{tmp}", "--out", "{tmp}/c"], "seen fraction"),
+    ],
+)
+def test_bad_input_is_one_line_and_exit_2(capsys, tmp_path, argv, message):
+    code, _, err = run(capsys, *[a.format(tmp=tmp_path) for a in argv])
+    assert code == 2
+    lines = [l for l in err.splitlines() if l.startswith("lavise: error:")]
+    assert len(lines) == 1 and message in lines[0], err
+    assert "Traceback" not in err
+    assert not (tmp_path / "c").exists()
+
+
+def test_wrong_annotation_format_is_named(capsys, shared_data, tmp_path):
+    code, _, err = run(capsys, "train", "--reference", f"coco-panoptic:{shared_data / 'coco-mini' / 'annotations' / 'instances_train2017.json'}",
+                       "--out", str(tmp_path / "c"))
+    assert code == 2 and "lavise: error:" in err and not (tmp_path / "c").exists()
+
+
+@pytest.fixture(scope="module")
+def resnet_checkpoint(tmp_path_factory, shared_data):
+    """A checkpoint for a ResNet-18 (random weights from a local state_dict) via the CLI."""
+    root = tmp_path_factory.mktemp("cli")
+    torch.manual_seed(0)
+    weights = root / "r18.pt"
+    torch.save(torchvision.models.resnet18().state_dict(), weights)
+    code = main(["train", "--model", "resnet18", "--weights", str(weights), "--layer", "layer4",
+                 "--reference", f"coco-instances:{shared_data / 'coco-tiny'}", "--split", "train2017",
+                 "--explainer", "trained", "--epochs", "3", "--cache-dir", str(root / "cache"), "-q",
+                 "--out", str(root / "ckpt")])
+    assert code == 0
+    return root, weights
+
+
+def test_cli_train_then_explain(capsys, resnet_checkpoint, shared_data):
+    root, weights = resnet_checkpoint
+    meta = json.loads((root / "ckpt" / "lavise.json").read_text())
+    assert meta["model"]["name"] == "resnet18" and meta["layer"]["channels"] == 512
+    code, out, err = run(capsys, "explain", "--checkpoint", str(root / "ckpt"), "--weights", str(weights),
+                         "--images", str(shared_data / "coco-tiny" / "val2017"), "--filters", "0-9",
+                         "--cache-dir", str(root / "cache"), "-q", "--out", str(root / "expl"))
+    assert code == 0, err
+    data = json.loads((root / "expl" / "explanations.json").read_text())
+    assert [f["filter"] for f in data["filters"]] == list(range(10))
+    assert "filter" in out and (root / "expl" / "explanations.csv").is_file()
+    code, _, err = run(capsys, "explain", "--checkpoint", str(root / "ckpt"), "--weights", str(weights),
+                       "--images", str(shared_data / "coco-tiny" / "val2017"), "--filters", "0-512",
+                       "--cache-dir", str(root / "cache"), "-q", "--out", str(root / "expl2"))
+    assert code == 2 and "out of range" in err and not (root / "expl2").exists()
+
+
+def test_checkpoint_for_other_weights_is_refused(capsys, resnet_checkpoint, shared_data, tmp_path):
+    root, _ = resnet_checkpoint
+    other = tmp_path / "other.pt"
+    torch.manual_seed(1)
+    torch.save(torchvision.models.resnet18().state_dict(), other)
+    code, _, err = run(capsys, "explain", "--checkpoint", str(root / "ckpt"), "--weights", str(other),
+                       "--images", str(shared_data / "coco-tiny" / "val2017"), "--out", str(tmp_path / "o"))
+    assert code == 2 and "weights" in err
