@@ -53,11 +53,15 @@ def main() -> None:
     ap.add_argument("--only", default=",".join(SWEEPS))
     ap.add_argument("--cache-dir")
     ap.add_argument("--pooling", default=None, help="pooling for the sweeps after the pooling sweep")
+    ap.add_argument("--method", default=None, help="masking method for the sweeps after the pooling sweep")
     args = ap.parse_args()
     logging.basicConfig(level=logging.ERROR)
     only = args.only.split(",")
     train_refs, exclude, target, split = refs(args.role, args.shared)
     base = lavise.Config(progress=False, cache_dir=args.cache_dir, **({"pooling": args.pooling} if args.pooling else {}))
+    if args.method:
+        base = base.replace(method=args.method)
+    one = (base.method,)
     methods = ("attention", "projection", "activation", "original")
     print(f"# sweeps, role {args.role}: train on {len(train_refs)} reference sets, evaluate on {target} {split}\n")
     t0 = time.time()
@@ -79,37 +83,37 @@ def main() -> None:
         print("\n".join(lines) + "\n", flush=True)
     exp = trained(base)
     if "kinds" in only:
-        print(f"## explainer kind (pooling {base.pooling})\n")
+        print(f"## explainer kind (pooling {base.pooling}, method {base.method})\n")
         lines = list(HEADER)
         for kind in ("trained", "conse", "trained+conse"):
-            lines += row(kind, ev(exp.with_kind(kind), base, methods=("attention",)))
+            lines += row(kind, ev(exp.with_kind(kind), base, methods=one), one)
         print("\n".join(lines) + "\n", flush=True)
     if "vocabulary" in only:
-        print("## vocabulary\n")
+        print(f"## vocabulary (method {base.method})\n")
         lines = list(HEADER)
         for voc, size in (("concepts", None), ("default", 300), ("default", 1000), ("default", 3000),
                           ("default", 10000), ("default", None), ("glove", 20000), ("glove", 100000)):
             cfg = base.replace(vocabulary=voc, vocabulary_size=size)
-            lines += row(f"{voc} {size or 'all'}", ev(exp, cfg, methods=("attention",)))
+            lines += row(f"{voc} {size or 'all'}", ev(exp, cfg, methods=one), one)
         print("\n".join(lines) + "\n", flush=True)
     if "p" in only:
         print("## p (top images per filter)\n")
         lines = list(HEADER)
         for p in (5, 10, 25, 50):
-            lines += row(f"p={p}", ev(exp, base.replace(top_images=p), methods=("attention",)))
+            lines += row(f"p={p}", ev(exp, base.replace(top_images=p), methods=one), one)
         print("\n".join(lines) + "\n", flush=True)
     if "s" in only:
         print("## s (nearest words per image)\n")
         lines = list(HEADER)
         for s in (1, 3, 5, 10, 25):
-            lines += row(f"s={s}", ev(exp, base.replace(s=s), methods=("attention",)))
+            lines += row(f"s={s}", ev(exp, base.replace(s=s), methods=one), one)
         print("\n".join(lines) + "\n", flush=True)
     if "seen" in only:
         print("## seen fraction of categories (paper Figure 7), explainer kind `trained`\n")
         lines = list(HEADER)
         for frac in (0.3, 0.5, 0.7, 0.9):
             cfg = base.replace(seen_fraction=frac, explainer="trained")
-            lines += row(f"seen {frac}", ev(trained(cfg), cfg, methods=("attention",)))
+            lines += row(f"seen {frac}", ev(trained(cfg), cfg, methods=one), one)
         print("\n".join(lines) + "\n", flush=True)
     print(f"({time.time() - t0:.0f} s)")
 

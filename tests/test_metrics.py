@@ -338,3 +338,26 @@ def test_scores_table_markdown_and_csv():
     assert out[3][4] == ""  # no unseen recall
     with pytest.raises(ValueError):
         scores_table(rows, fmt="html")
+
+
+def test_skipping_silent_filters_matches_the_full_computation():
+    import torch.nn.functional as F
+
+    from lavise.statistics import fires
+
+    g = torch.Generator().manual_seed(0)
+    feats = torch.rand(4, 7, 3, 3, generator=g) * 6
+    thr = torch.rand(7, generator=g) * 6 + 1  # several filters never fire in some images
+    masks = [(torch.rand(2, 12, 12, generator=g) > 0.6).to(torch.uint8) for _ in range(4)]
+    ids = [torch.tensor([0, 2]), torch.tensor([1, 2]), torch.tensor([0, 1]), torch.tensor([2, 0])]
+    acc = IoUAccumulator(7, 3, resolution=None)
+    acc.update(feats, thr, masks, ids)
+    inter = torch.zeros(7, 3, dtype=torch.long)
+    act_total = torch.zeros(7, dtype=torch.long)
+    for i in range(4):
+        up = F.interpolate(feats[i:i + 1], size=(12, 12), mode="bilinear", align_corners=False)[0]
+        a = fires(up, thr[:, None, None]).reshape(7, -1).long()
+        act_total += a.sum(1)
+        for k, c in enumerate(ids[i].tolist()):
+            inter[:, c] += (a * masks[i][k].reshape(-1).long()).sum(1)
+    assert torch.equal(acc.intersection.cpu(), inter) and torch.equal(acc.act_area.cpu(), act_total)

@@ -223,14 +223,17 @@ class IoUAccumulator:
             mflat, uids = self._prepare_masks(m, ids, size)  # (K', P) float 0/1, (K',)
             npix = size[0] * size[1]
             block = max(1, _BLOCK_ELEMENTS // max(npix, 1))
-            for u0 in range(0, d, block):
-                u1 = min(d, u0 + block)
-                up = F.interpolate(feats[i:i + 1, u0:u1], size=size, mode="bilinear", align_corners=False)
-                act = fires(up[0].reshape(u1 - u0, npix), thr[u0:u1]).to(torch.float32)  # (U, P)
-                act_acc[u0:u1] += act.sum(1).round().to(torch.long)
+            # Bilinear upsampling never exceeds the map's maximum, so a filter that does
+            # not fire anywhere on the feature map fires nowhere on the grid: skip it.
+            active = torch.nonzero(fires(feats[i].amax(dim=(1, 2)), thr[:, 0])).flatten()
+            for a0 in range(0, active.numel(), block):
+                units = active[a0:a0 + block]
+                up = F.interpolate(feats[i:i + 1, units], size=size, mode="bilinear", align_corners=False)
+                act = fires(up[0].reshape(units.numel(), npix), thr[units]).to(torch.float32)  # (U, P)
+                act_acc.index_add_(0, units, act.sum(1).round().to(torch.long))
                 if uids.numel():
                     inter = act @ mflat.T  # (U, K') exact integers in float32 (P < 2**24)
-                    inter_acc[u0:u1].index_add_(1, uids, inter.round().to(torch.long))
+                    inter_acc[units[:, None], uids[None, :]] += inter.round().to(torch.long)
             if uids.numel():
                 mask_acc.index_add_(0, uids, mflat.sum(1).round().to(torch.long))
         self.images += b
