@@ -138,6 +138,12 @@ def train(
     start = time.time()
     target = prepare_model(model, config)
     layer = target.layer(config.layer).name
+    if "conse" in config.explainer and target.classifier_for(layer) is None:
+        logger.warning(
+            "layer %s does not feed %s's classifier (or its class names are unknown): "
+            "using the trained explainer only", layer, target.name,
+        )
+        config = config.replace(explainer="trained")
     excluded: list[str] = []
     if exclude:
         excluded = [str(i) for i in open_dataset(exclude, split, target).image_ids]

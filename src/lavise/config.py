@@ -54,7 +54,7 @@ class Config:
     layer: str | None = None
     word_space: str = "glove-6b-50d"
     vocabulary: str = "default"
-    vocabulary_size: int | None = 1000
+    vocabulary_size: int | None = None
     explainer: str = "trained+conse"
     conse_top: int = 10
     pooling: str = "mean"
@@ -64,7 +64,7 @@ class Config:
     batch_size: int = 64
     holdout_fraction: float = 0.1
     seed: int = 0
-    method: str = "attention"
+    method: str = "activation"
     quantile: float = 0.005
     top_images: int = 25
     s: int = 5
