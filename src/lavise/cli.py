@@ -49,9 +49,9 @@ def _add_runtime(p: argparse.ArgumentParser) -> None:
 def _add_words(p: argparse.ArgumentParser) -> None:
     p.add_argument("--vocabulary", help="default, glove, concepts, or a word-list file")
     p.add_argument("--vocabulary-size", type=int, help="keep the N most common vocabulary words")
-    p.add_argument("--method", help="masking method; see `lavise list methods` (default attention)")
-    p.add_argument("-p", "--top-images", type=int, dest="top_images", help="top-activated images per filter (default 25)")
-    p.add_argument("-s", type=int, help="nearest words per image (default 5)")
+    p.add_argument("--method", help="masking method; see `lavise list methods` (default activation, chosen by measurement)")
+    p.add_argument("-p", "--top-images", type=int, dest="top_images", help="p, top-activated images per filter (default 5)")
+    p.add_argument("-s", type=int, help="nearest words per image (default 3)")
     p.add_argument("-x", type=int, help="words kept per filter (default 10)")
     p.add_argument("--quantile", type=float, help="fraction of activations above T_u (default 0.005)")
     p.add_argument("--filters", help="filters to explain, e.g. 0-99,120 (default: all)")

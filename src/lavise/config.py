@@ -66,8 +66,8 @@ class Config:
     seed: int = 0
     method: str = "activation"
     quantile: float = 0.005
-    top_images: int = 25
-    s: int = 5
+    top_images: int = 5
+    s: int = 3
     x: int = 10
     device: str = "auto"
     image_batch_size: int = 8
