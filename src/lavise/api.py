@@ -92,11 +92,16 @@ def features_of(model: TargetModel, layer: str, dataset: Any, config: Config) ->
 
 
 def filter_stats(store: FeatureStore, config: Config) -> FilterStats:
-    """Filter statistics of ``store``, cached beside its features."""
-    path = Path(store.path) / f"stats-q{config.quantile:g}-k{config.top_images}.safetensors"
+    """Filter statistics of ``store``, cached beside its features.
+
+    At least 50 top images per filter are kept, so that re-running with another p
+    (up to 50) reuses the cached statistics.
+    """
+    top_k = max(50, config.top_images)
+    path = Path(store.path) / f"stats-q{config.quantile:g}-k{top_k}.safetensors"
     if path.is_file():
         return FilterStats.load(path)
-    stats = compute_filter_stats(store, quantile=config.quantile, top_k=config.top_images,
+    stats = compute_filter_stats(store, quantile=config.quantile, top_k=top_k,
                                  progress=config.progress)
     stats.save(path)
     return stats
