@@ -52,7 +52,7 @@ def test_outputs_json_csv_and_table(setup, tmp_path):
     js, cs = result.save(tmp_path / "out")
     data = json.loads(js.read_text())
     assert [f["filter"] for f in data["filters"]] == [1, 2, 3]
-    assert data["method"] == "attention" and data["settings"]["p"] == 4
+    assert data["method"] == "activation" and data["settings"]["p"] == 4
     rows = list(csv.DictReader(io.StringIO(cs.read_text())))
     assert len(rows) == 3 and len(rows[0]["words"].split()) == 5
     assert "filter" in result.table() and "w" in result.table()
