@@ -22,7 +22,7 @@ import torch
 import lavise
 from lavise.api import features_of, filter_stats, open_dataset
 from lavise.explain import explain_filters
-from lavise.explainer import pool_concept_features
+from lavise.explainer import fit_head, pool_concept_features
 from lavise.vocabulary import load_vocabulary
 
 
@@ -98,8 +98,10 @@ def main() -> None:
         explainer = lavise.train(model, spec, args.train_split, config=config)
         train_s = time.perf_counter() - t0
         epochs = config.epochs
-        hist_s = explainer.meta["training"]["seconds"]
         rows.append((f"train explainer end to end on {len(train_store)} cached images ({epochs} epochs)", train_s))
+        split = explainer.split
+        timed(f"  of which {epochs} epochs of the head on {len(pairs.concepts)} pooled pairs",
+              lambda: fit_head(pairs, None, split, explainer.word_space, epochs=epochs, progress=False))
         vocab = load_vocabulary("default", explainer.word_space, config.vocabulary_size)
         for method in ("attention", "projection", "activation", "original"):
             timed(f"explain all 1280 filters ({method}, p={config.top_images})",
@@ -116,7 +118,6 @@ def main() -> None:
         print(f"{'stage':<78} {'seconds':>8} {'x floor':>8}")
         for name, s in rows:
             print(f"{name:<78} {s:>8.2f} {s / floor_s:>8.2f}")
-        del hist_s, pairs
     finally:
         shutil.rmtree(cache, ignore_errors=True)
 
