@@ -107,6 +107,23 @@ def filter_stats(store: FeatureStore, config: Config) -> FilterStats:
     return stats
 
 
+def with_overrides(config: Config | None, overrides: dict[str, Any]) -> Config:
+    """``config`` (default :class:`Config`) with ``overrides`` applied and checked."""
+    config = config or Config()
+    return config.replace(**overrides) if overrides else config
+
+
+def _absolute_spec(ref: Any) -> str:
+    """A dataset spec with an absolute path, so a checkpoint can find its data again."""
+    if not isinstance(ref, str):
+        return f"{getattr(ref, 'name', 'dataset')}:{Path(getattr(ref, 'root', '.')).resolve()}"
+    fmt, sep, rest = ref.partition(":")
+    if not sep or fmt not in list_dataset_formats():
+        return str(Path(ref).resolve())
+    path, at, split = rest.rpartition("@") if "@" in rest and "/" not in rest.rsplit("@", 1)[1] else (rest, "", "")
+    return f"{fmt}:{Path(path).resolve()}{at}{split}"
+
+
 def _holdout_rows(store: FeatureStore, fraction: float, seed: int) -> set[int]:
     rows = store.valid_indices().tolist()
     n = int(round(fraction * len(rows)))
@@ -139,7 +156,7 @@ def train(
     Returns:
         The explainer; its ``meta`` holds the per-epoch held-out accuracies.
     """
-    config = (config or Config()).replace(**overrides) if overrides else (config or Config())
+    config = with_overrides(config, overrides)
     start = time.time()
     target = prepare_model(model, config)
     layer = target.layer(config.layer).name
@@ -172,7 +189,7 @@ def train(
             epochs=config.epochs, lr=config.lr, batch_size=config.batch_size, seed=config.seed,
             device=config.resolved_device(), progress=config.progress,
         )
-    references = [reference] if isinstance(reference, str) else [str(r) for r in reference] if isinstance(reference, (list, tuple)) else [getattr(reference, "name", "dataset")]
+    references = [_absolute_spec(r) for r in (reference if isinstance(reference, (list, tuple)) else [reference])]
     meta = {
         "training": {
             "references": references,
@@ -222,7 +239,7 @@ def explain(
         block: These words may not be chosen.
         weight_by_activation: Weight each top image's words by its activation.
     """
-    config = (config or Config()).replace(**overrides) if overrides else (config or Config())
+    config = with_overrides(config, overrides)
     if not isinstance(explainer, Explainer):
         explainer = Explainer.load(explainer, model=_model_for_checkpoint(explainer, config))
         explainer.model.to(config.resolved_device())

@@ -17,6 +17,7 @@ whose mask is empty after the centre crop are dropped from the item.
 from __future__ import annotations
 
 import contextlib
+import copy
 import inspect
 import io
 import json
@@ -810,6 +811,17 @@ class CombinedDataset(ReferenceDataset):
 def combine(datasets: Sequence[ReferenceDataset]) -> CombinedDataset:
     """Combines datasets: union of concepts by name, images deduplicated by id (first wins)."""
     return CombinedDataset(datasets)
+
+
+def masks_only(dataset: ReferenceDataset) -> ReferenceDataset:
+    """A shallow copy of ``dataset`` whose items carry masks but no decoded image.
+
+    The original is not changed (a combined dataset keeps its own flag and never
+    mutates its members).
+    """
+    clone = copy.copy(dataset)
+    clone.load_images = False
+    return clone
 
 
 def collate(batch: list[dict[str, Any]]) -> dict[str, Any]:

@@ -24,7 +24,8 @@ from tqdm.auto import tqdm
 from lavise._io import write_json_atomic, write_text_atomic
 from lavise.config import Config
 from lavise.explain import explain_filters
-from lavise.explainer import Explainer, _without_images
+from lavise.datasets import masks_only
+from lavise.explainer import Explainer
 from lavise.masking import list_masking_methods
 from lavise.metrics import (
     IoUAccumulator,
@@ -91,7 +92,7 @@ def compute_ground_truth(
     acc = IoUAccumulator(d, len(dataset.concepts), resolution=resolution, device=device)
     row_of = {k: i for i, k in enumerate(store.ids)}
     failed = set(store.failed)
-    loader = DataLoader(_without_images(dataset), batch_size=batch_size, num_workers=num_workers, collate_fn=collate)
+    loader = DataLoader(masks_only(dataset), batch_size=batch_size, num_workers=num_workers, collate_fn=collate)
     arr = store.array
     thresholds = stats.thresholds.to(device)
     for batch in tqdm(loader, desc="ground truth (IoU)", unit="batch", disable=not progress):
@@ -195,10 +196,10 @@ def evaluate(
         permutations: Permutations of the specificity control.
         resolution: Side of the grid IoU is computed on (None: the mask resolution).
     """
-    from lavise.api import _model_for_checkpoint, features_of, filter_stats, open_dataset
+    from lavise.api import _model_for_checkpoint, features_of, filter_stats, open_dataset, with_overrides
     from lavise.vocabulary import load_vocabulary
 
-    config = (config or Config()).replace(**overrides) if overrides else (config or Config())
+    config = with_overrides(config, overrides)
     if not isinstance(explainer, Explainer):
         explainer = Explainer.load(explainer, model=_model_for_checkpoint(explainer, config))
         explainer.model.to(config.resolved_device())

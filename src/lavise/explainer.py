@@ -208,13 +208,12 @@ def pool_concept_features(
         raise ValueError(f"unknown pooling {pooling!r} (valid: {', '.join(POOLINGS)})")
     from torch.utils.data import DataLoader
 
-    from lavise.datasets import collate
+    from lavise.datasets import collate, masks_only
 
     d, h, w = store.shape
     row_of = {k: i for i, k in enumerate(store.ids)}
     failed = set(store.failed)
-    masks_only = _without_images(dataset)
-    loader = DataLoader(masks_only, batch_size=16, num_workers=num_workers, collate_fn=collate)
+    loader = DataLoader(masks_only(dataset), batch_size=16, num_workers=num_workers, collate_fn=collate)
     pooled, names, images, cover = [], [], [], []
     arr = store.array
     for batch in tqdm(loader, desc="pool concept masks", unit="batch", disable=not progress):
@@ -237,19 +236,6 @@ def pool_concept_features(
     if min_coverage > 0:
         out = out.select(torch.nonzero(out.coverage >= min_coverage).flatten())
     return out
-
-
-def _without_images(dataset: Any) -> Any:
-    """A shallow copy of ``dataset`` that yields masks only (no image decoding)."""
-    import copy
-
-    clone = copy.copy(dataset)
-    if hasattr(clone, "load_images"):
-        clone.load_images = False
-    for attr in ("datasets", "parts"):
-        if hasattr(clone, attr):
-            setattr(clone, attr, [_without_images(p) for p in getattr(clone, attr)])
-    return clone
 
 
 @dataclass(frozen=True)
