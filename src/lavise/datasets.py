@@ -185,6 +185,22 @@ class ReferenceDataset(Dataset):
         """``(K, height, width)`` uint8 0/1 masks and their K concept indices."""
         raise NotImplementedError
 
+    def _open_coco(
+        self, path: str | Path, split: str | None, preprocessing: Preprocessing | None,
+        load_images: bool, images: str | Path | None, kind: str,
+    ) -> tuple[Any, Path, str | None]:
+        """Shared set-up of the COCO formats: annotation file, its kind, image folder."""
+        path = Path(path).expanduser()
+        ann_file, split = _resolve_coco_annotations(path, split, kind, self.name)
+        ReferenceDataset.__init__(self, path, split, preprocessing, load_images)
+        data = _read_json(ann_file)
+        _check_coco_kind(data, ann_file, kind)
+        self.images_dir = _resolve_images_dir(ann_file.parent.parent, split, images, self.name)
+        self.annotation_file = ann_file
+        self.concepts = [c["name"] for c in data["categories"]]
+        self._cat_index = {c["id"]: k for k, c in enumerate(data["categories"])}
+        return data, ann_file, split
+
     # -- public API -----------------------------------------------------------------------
     def __len__(self) -> int:
         return len(self.image_ids)
@@ -379,21 +395,13 @@ class CocoInstancesDataset(ReferenceDataset):
     ) -> None:
         from pycocotools.coco import COCO
 
-        path = Path(path).expanduser()
-        ann_file, split = _resolve_coco_annotations(path, split, "instances", self.name)
-        super().__init__(path, split, preprocessing, load_images)
-        data = _read_json(ann_file)
-        _check_coco_kind(data, ann_file, "instances")
-        self.images_dir = _resolve_images_dir(ann_file.parent.parent, split, images, self.name)
+        data, ann_file, split = self._open_coco(path, split, preprocessing, load_images, images, "instances")
         coco = COCO()
         coco.dataset = data
         with contextlib.redirect_stdout(io.StringIO()):  # pycocotools prints progress
             coco.createIndex()
-        self.annotation_file = ann_file
         self._coco = coco
         cats = data["categories"]
-        self.concepts = [c["name"] for c in cats]
-        self._cat_index = {c["id"]: k for k, c in enumerate(cats)}
         ids = sorted(coco.imgs)
         if not include_unannotated:
             ids = [i for i in ids if coco.imgToAnns.get(i)]
@@ -457,21 +465,13 @@ class CocoPanopticDataset(ReferenceDataset):
         png_dir: str | Path | None = None,
         include_unannotated: bool = False,
     ) -> None:
-        path = Path(path).expanduser()
-        ann_file, split = _resolve_coco_annotations(path, split, "panoptic", self.name)
-        super().__init__(path, split, preprocessing, load_images)
-        data = _read_json(ann_file)
-        _check_coco_kind(data, ann_file, "panoptic")
+        data, ann_file, split = self._open_coco(path, split, preprocessing, load_images, images, "panoptic")
         self.png_dir = (
             Path(png_dir).expanduser() if png_dir is not None else ann_file.with_suffix("")
         )
         if not self.png_dir.is_dir():
             raise FileNotFoundError(f"{self.name}: panoptic PNG folder not found: {self.png_dir}")
-        self.images_dir = _resolve_images_dir(ann_file.parent.parent, split, images, self.name)
-        self.annotation_file = ann_file
         cats = data["categories"]
-        self.concepts = [c["name"] for c in cats]
-        self._cat_index = {c["id"]: k for k, c in enumerate(cats)}
         img_info = {im["id"]: im for im in data["images"]}
         anns = sorted(data["annotations"], key=lambda a: a["image_id"])
         if not include_unannotated:
