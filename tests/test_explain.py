@@ -149,3 +149,14 @@ def test_thresholded_methods_ignore_top_images_where_the_filter_does_not_fire(se
     r = explain(exp, str(folder), config=config.replace(method="activation", quantile=0.01))
     for f in r:
         assert sum(w.count for w in f.words) > 0
+
+
+def test_consistency_order_puts_agreeing_filters_first(setup):
+    exp, folder, config = setup
+    result = explain(exp, str(folder), config=config)
+    ordered = result.most_consistent()
+    counts = [f.words[0].count for f in ordered]
+    assert counts == sorted(counts, reverse=True)
+    assert result.table(limit=2, order="consistency").splitlines()[2].split()[0] == str(ordered[0].filter)
+    with pytest.raises(ValueError):
+        result.table(order="random")

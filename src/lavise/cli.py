@@ -242,7 +242,8 @@ def cmd_demo(args: argparse.Namespace) -> int:
     print(f"2/2 explaining every filter of {explainer.layer} on the held-out val2017 images")
     result = explain(explainer, spec, "val2017", config=config)
     js, cs = result.save(out)
-    print(result.table(limit=args.show))
+    print(f"the {args.show} filters whose top images agree most on their first word:")
+    print(result.table(limit=args.show, order="consistency"))
     print(f"wrote {js} and {cs} in {time.time() - start:.0f} s")
     return 0
 

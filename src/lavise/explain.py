@@ -147,15 +147,31 @@ class Explanations:
             ])
         return buf.getvalue()
 
-    def table(self, limit: int | None = 10, words: int = 6) -> str:
-        """A short plain-text table of filters and their words."""
-        rows = self.filters[:limit] if limit else self.filters
+    def most_consistent(self) -> list[FilterExplanation]:
+        """Filters ordered by how many of their top images agree on their first word."""
+        def key(f: FilterExplanation) -> tuple[float, float]:
+            return (f.words[0].count, f.words[0].score) if f.words else (0, 0.0)
+
+        return sorted(self.filters, key=key, reverse=True)
+
+    def table(self, limit: int | None = 10, words: int = 6, order: str = "filter") -> str:
+        """A short plain-text table of filters and their words.
+
+        Args:
+            limit: Filters shown (None: all).
+            words: Words shown per filter.
+            order: ``filter`` (index order) or ``consistency`` (:meth:`most_consistent`).
+        """
+        if order not in ("filter", "consistency"):
+            raise ValueError(f"unknown order {order!r} (valid: filter, consistency)")
+        ordered = self.most_consistent() if order == "consistency" else list(self.filters)
+        rows = ordered[:limit] if limit else ordered
         lines = [f"{self.model} {self.layer} ({self.method}, {self.explainer})",
                  f"{'filter':>6}  {'T_u':>8}  words"]
         for f in rows:
             lines.append(f"{f.filter:>6}  {f.threshold:>8.3f}  {', '.join(f.labels[:words])}")
         if limit and len(self.filters) > limit:
-            lines.append(f"... {len(self.filters) - limit} more filters")
+            lines.append(f"... {len(self.filters) - limit} more filters in the JSON/CSV output")
         return "\n".join(lines)
 
     def save(self, directory: str | Path) -> tuple[Path, Path]:
