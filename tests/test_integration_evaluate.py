@@ -66,3 +66,20 @@ def test_checkpoint_without_split_is_refused(coco_explainer, shared_data, lavise
     with pytest.raises(ValueError, match="split"):
         evaluate(no_split, f"coco-panoptic:{shared_data / 'coco-panoptic'}", "val2017",
                  config=Config(cache_dir=str(lavise_cache), progress=False))
+
+
+def test_cli_writes_markdown_csv_json_and_a_layer_table(coco_explainer, shared_data, lavise_cache, tmp_path, capsys):
+    from lavise.cli import main
+
+    coco_explainer.save(tmp_path / "a")
+    coco_explainer.save(tmp_path / "b")
+    code = main(["evaluate", "--checkpoint", str(tmp_path / "a"), str(tmp_path / "b"),
+                 "--reference", f"coco-panoptic:{shared_data / 'coco-panoptic'}", "--split", "val2017",
+                 "--methods", "activation,original", "--no-baselines", "--cache-dir", str(lavise_cache),
+                 "-q", "--out", str(tmp_path / "eval")])
+    out = capsys.readouterr().out
+    assert code == 0
+    assert "| activation |" in out and "| _head_act | original |" in out
+    for ext in ("md", "csv", "json"):
+        assert (tmp_path / "eval" / f"evaluation-_head_act.{ext}").is_file()
+    assert (tmp_path / "eval" / "layers.md").is_file()

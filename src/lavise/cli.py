@@ -123,15 +123,54 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def _add_evaluate_parser(sub: Any) -> None:
-    try:
-        from lavise import evaluate as _  # noqa: F401
-    except ImportError:
-        return
-    from lavise.evaluate import add_cli_arguments
-
     p = sub.add_parser("evaluate", help="score explanations against segmentation masks (paper Table 2)")
-    add_cli_arguments(p)
+    p.add_argument("--checkpoint", type=Path, nargs="+", required=True,
+                   help="checkpoint folder(s); several give one row per layer (paper Table 3)")
+    p.add_argument("--reference", required=True, help="annotated evaluation data, FORMAT:PATH")
+    p.add_argument("--split", help="its split, e.g. val2017")
+    p.add_argument("--methods", default="attention,projection,activation,original",
+                   help="comma-separated masking methods or 'all' (image masking reruns the model per filter)")
+    p.add_argument("--train-reference", action="append",
+                   help="annotated data disjoint from the evaluation images for the non-oracle baselines "
+                        "(default: the checkpoint's training data)")
+    p.add_argument("--train-split")
+    p.add_argument("--synonyms", action="store_true", help="also score with WordNet synonym matching")
+    p.add_argument("--no-baselines", action="store_true")
+    p.add_argument("--permutations", type=int, default=1000, help="permutations of the specificity test")
+    p.add_argument("--explainer", help="override the checkpoint's explainer kind")
+    p.add_argument("--vocabulary")
+    p.add_argument("--vocabulary-size", type=int)
+    p.add_argument("-p", "--top-images", type=int, dest="top_images")
+    p.add_argument("-s", type=int)
+    p.add_argument("--quantile", type=float)
+    p.add_argument("--weights", help="local weights of the checkpoint's model")
+    p.add_argument("--out", type=Path, required=True)
     _add_runtime(p)
+
+
+def cmd_evaluate(args: argparse.Namespace) -> int:
+    from lavise._io import write_text_atomic
+    from lavise.evaluate import evaluate, layers_table
+
+    config = _config_from(args)
+    reports = []
+    for ckpt in args.checkpoint:
+        report = evaluate(
+            ckpt, args.reference, args.split, methods=args.methods, config=config,
+            synonyms=args.synonyms, baselines=not args.no_baselines,
+            train_reference=args.train_reference, train_split=args.train_split,
+            permutations=args.permutations,
+            **({"explainer": args.explainer} if args.explainer else {}),
+        )
+        report.save(args.out, "evaluation" if len(args.checkpoint) == 1 else f"evaluation-{report.layer}")
+        print(report.to_markdown())
+        reports.append(report)
+    if len(reports) > 1:
+        table = layers_table(reports, reports[0].settings["methods"])
+        write_text_atomic(args.out / "layers.md", table)
+        print(table)
+    print(f"wrote {args.out}")
+    return 0
 
 
 def _read_words(path: Path | None) -> set[str] | None:
@@ -248,7 +287,8 @@ def cmd_demo(args: argparse.Namespace) -> int:
     return 0
 
 
-COMMANDS = {"demo": cmd_demo, "layers": cmd_layers, "list": cmd_list, "train": cmd_train, "explain": cmd_explain}
+COMMANDS = {"demo": cmd_demo, "layers": cmd_layers, "list": cmd_list, "train": cmd_train,
+            "explain": cmd_explain, "evaluate": cmd_evaluate}
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -257,11 +297,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = parser.parse_args(argv)
     level = {0: logging.WARNING, 1: logging.INFO}.get(getattr(args, "verbose", 0), logging.DEBUG)
     logging.basicConfig(level=level, format="lavise: %(levelname)s: %(message)s")
-    handler = COMMANDS.get(args.command)
-    if handler is None:
-        from lavise.evaluate import run_cli
-
-        handler = run_cli
+    handler = COMMANDS[args.command]
     try:
         return handler(args)
     except (ValueError, FileNotFoundError, NotADirectoryError, PermissionError) as exc:

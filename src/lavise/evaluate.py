@@ -11,7 +11,6 @@ specificity control (each filter's words against another filter's ground truth).
 
 from __future__ import annotations
 
-import argparse
 import logging
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -326,60 +325,12 @@ def _baselines(
     return out
 
 
-# ---------------------------------------------------------------------------- CLI
-
-
-def add_cli_arguments(p: argparse.ArgumentParser) -> None:
-    """Flags of ``lavise evaluate``."""
-    p.add_argument("--checkpoint", type=Path, nargs="+", required=True,
-                   help="checkpoint folder(s); several give one row per layer (paper Table 3)")
-    p.add_argument("--reference", required=True, help="annotated evaluation data, FORMAT:PATH")
-    p.add_argument("--split", help="its split, e.g. val2017")
-    p.add_argument("--methods", default="attention,projection,activation,original",
-                   help="comma-separated masking methods or 'all' (image masking reruns the model per filter)")
-    p.add_argument("--train-reference", action="append",
-                   help="annotated data disjoint from the evaluation images for the non-oracle baselines "
-                        "(default: the checkpoint's training data)")
-    p.add_argument("--train-split")
-    p.add_argument("--synonyms", action="store_true", help="also score with WordNet synonym matching")
-    p.add_argument("--no-baselines", action="store_true")
-    p.add_argument("--permutations", type=int, default=1000)
-    p.add_argument("--explainer", help="override the checkpoint's explainer kind")
-    p.add_argument("--vocabulary")
-    p.add_argument("--vocabulary-size", type=int)
-    p.add_argument("-p", "--top-images", type=int, dest="top_images")
-    p.add_argument("-s", type=int)
-    p.add_argument("--quantile", type=float)
-    p.add_argument("--weights", help="local weights of the checkpoint's model")
-    p.add_argument("--out", type=Path, required=True)
-
-
-def run_cli(args: argparse.Namespace) -> int:
-    """``lavise evaluate``: prints the table and writes Markdown, CSV and JSON."""
-    from lavise.cli import _config_from
-
-    config = _config_from(args)
-    reports = []
-    for ckpt in args.checkpoint:
-        report = evaluate(
-            ckpt, args.reference, args.split, methods=args.methods, config=config,
-            synonyms=args.synonyms, baselines=not args.no_baselines,
-            train_reference=args.train_reference, train_split=args.train_split,
-            permutations=args.permutations,
-            **({"explainer": args.explainer} if args.explainer else {}),
-        )
-        stem = "evaluation" if len(args.checkpoint) == 1 else f"evaluation-{report.layer}"
-        report.save(args.out, stem)
-        print(report.to_markdown())
-        reports.append(report)
-    if len(reports) > 1:
-        lines = ["| layer | method | recall@5 | recall@10 | recall@20 |", "|---|---|---|---|---|"]
-        for r in reports:
-            for row in r.rows:
-                if row.method in args.methods.split(","):
-                    lines.append(f"| {r.layer} | {row.method} | " + " | ".join(f"{row.recall[k]:.3f}" for k in (5, 10, 20)) + " |")
-        table = "\n".join(lines) + "\n"
-        write_text_atomic(args.out / "layers.md", table)
-        print(table)
-    print(f"wrote {args.out}")
-    return 0
+def layers_table(reports: Sequence[EvaluationReport], methods: Sequence[str]) -> str:
+    """One row per (layer, method) across several reports (paper Table 3), Markdown."""
+    lines = ["| layer | method | recall@5 | recall@10 | recall@20 |", "|---|---|---:|---:|---:|"]
+    for r in reports:
+        for row in r.rows:
+            if row.method in methods:
+                lines.append(f"| {r.layer} | {row.method} | "
+                             + " | ".join(f"{row.recall[k]:.3f}" for k in (5, 10, 20)) + " |")
+    return "\n".join(lines) + "\n"
