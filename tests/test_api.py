@@ -5,7 +5,6 @@ from __future__ import annotations
 import logging
 
 import pytest
-import torch
 
 import lavise
 from tiny import image_folder, tiny_model

@@ -8,7 +8,6 @@ import numpy as np
 import pytest
 import torch
 
-import lavise.features as features_mod
 from lavise.datasets import load_dataset
 from lavise.features import FeatureStore, extract_features, feature_cache_key
 from lavise.models import LayerExtractor

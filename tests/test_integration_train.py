@@ -6,7 +6,6 @@ import json
 
 import pytest
 import torch
-import torch.nn.functional as F
 
 from lavise import Config
 from lavise.api import features_of, open_dataset

@@ -20,7 +20,6 @@ from lavise.config import Config
 from lavise.datasets import ReferenceDataset, list_dataset_formats, load_dataset
 from lavise.explain import Explanations, explain_filters
 from lavise.explainer import (
-    ConceptFeatures,
     Explainer,
     fit_head,
     pool_concept_features,

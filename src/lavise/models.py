@@ -378,7 +378,6 @@ def load_model(
     """
     if name in _MODELS:
         return _MODELS.get(name)(weights=weights, allow_pickle=allow_pickle)
-    import torchvision.models as tvm
 
     valid = list_models()
     if name not in valid:
