@@ -160,3 +160,14 @@ def test_consistency_order_puts_agreeing_filters_first(setup):
     assert result.table(limit=2, order="consistency").splitlines()[2].split()[0] == str(ordered[0].filter)
     with pytest.raises(ValueError):
         result.table(order="random")
+
+
+def test_worker_default_depends_on_the_device(monkeypatch):
+    import os
+
+    assert Config(device="cpu").workers() == 0
+    assert Config(device="cpu", num_workers=3).workers() == 3
+    monkeypatch.setattr(Config, "resolved_device", lambda self: "cuda")
+    assert Config().workers() == min(8, os.cpu_count() or 1)
+    with pytest.raises(ValueError):
+        Config(num_workers=-1)

@@ -85,7 +85,7 @@ def features_of(model: TargetModel, layer: str, dataset: Any, config: Config) ->
     """Cached features of ``layer`` for ``dataset`` (computed once)."""
     return extract_features(
         model, layer, dataset, config.cache_root(),
-        batch_size=config.image_batch_size, num_workers=config.num_workers,
+        batch_size=config.image_batch_size, num_workers=config.workers(),
         channels_last=config.channels_last, progress=config.progress,
     )
 
@@ -173,7 +173,7 @@ def train(
         raise ValueError("the reference dataset is empty")
     word_space = load_word_space(config.word_space)
     store = features_of(target, layer, dataset, config)
-    pairs = pool_concept_features(store, dataset, num_workers=config.num_workers, progress=config.progress,
+    pairs = pool_concept_features(store, dataset, num_workers=config.workers(), progress=config.progress,
                                   pooling=config.pooling)
     _, kept, missing = word_space.concept_matrix(sorted(set(pairs.concepts)))
     split_ = split_concepts(kept, config.seen_fraction, config.seed, missing)

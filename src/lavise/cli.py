@@ -40,7 +40,7 @@ def _add_model(p: argparse.ArgumentParser, layer: bool = True) -> None:
 def _add_runtime(p: argparse.ArgumentParser) -> None:
     p.add_argument("--device", help="cpu, cuda, cuda:N or auto (default)")
     p.add_argument("--image-batch-size", type=int, help="images per forward pass (default 8)")
-    p.add_argument("--num-workers", "--workers", type=int, dest="num_workers", help="DataLoader workers (default 0)")
+    p.add_argument("--num-workers", "--workers", type=int, dest="num_workers", help="DataLoader workers (default: 0 on CPU, up to 8 on a GPU)")
     p.add_argument("--cache-dir", help="feature cache root (default $LAVISE_CACHE_DIR or ~/.cache/lavise)")
     p.add_argument("-q", "--quiet", action="store_true", help="no progress bars")
     p.add_argument("-v", "--verbose", action="count", default=0, help="log more (-vv for debug)")

@@ -42,7 +42,9 @@ class Config:
         x: Words kept per filter.
         device: ``cpu``, ``cuda``, ``cuda:1``... or ``auto``.
         image_batch_size: Images per backbone forward pass.
-        num_workers: DataLoader workers decoding images.
+        num_workers: DataLoader workers decoding images (None: 0 on the CPU, where
+            workers would compete with the backbone, and up to 8 on a GPU, where decoding
+            is the bottleneck).
         channels_last: Run the backbone in channels-last memory format.
         cache_dir: Root of the feature cache (None: ``$LAVISE_CACHE_DIR`` or ``~/.cache/lavise``).
         progress: Show progress bars.
@@ -71,7 +73,7 @@ class Config:
     x: int = 10
     device: str = "auto"
     image_batch_size: int = 8
-    num_workers: int = 0
+    num_workers: int | None = None
     channels_last: bool = True
     cache_dir: str | None = None
     progress: bool = True
@@ -91,7 +93,7 @@ class Config:
             (self.batch_size >= 2, f"batch size must be >= 2, got {self.batch_size}"),
             (self.conse_top >= 1, f"ConSE top T must be >= 1, got {self.conse_top}"),
             (self.image_batch_size >= 1, f"image batch size must be >= 1, got {self.image_batch_size}"),
-            (self.num_workers >= 0, f"workers must be >= 0, got {self.num_workers}"),
+            (self.num_workers is None or self.num_workers >= 0, f"workers must be >= 0, got {self.num_workers}"),
             (self.vocabulary_size is None or self.vocabulary_size >= 1,
              f"vocabulary size must be >= 1, got {self.vocabulary_size}"),
             (self.pooling in ("mean", "rescaled"), f"unknown pooling {self.pooling!r} (valid: mean, rescaled)"),
@@ -122,6 +124,14 @@ class Config:
         if self.device == "auto":
             return "cuda" if torch.cuda.is_available() else "cpu"
         return self.device
+
+    def workers(self) -> int:
+        """DataLoader workers: ``num_workers``, or the device-dependent default."""
+        import os
+
+        if self.num_workers is not None:
+            return self.num_workers
+        return min(8, os.cpu_count() or 1) if self.resolved_device().startswith("cuda") else 0
 
     def cache_root(self) -> Path:
         from lavise.features import default_cache_dir

@@ -226,7 +226,7 @@ def evaluate(
         raise ValueError("the evaluation dataset has no masks for any of the checkpoint's concepts")
     store = features_of(explainer.model, explainer.layer, dataset, config)
     stats = filter_stats(store, config)
-    gt = compute_ground_truth(store, dataset, stats, resolution=resolution, num_workers=config.num_workers,
+    gt = compute_ground_truth(store, dataset, stats, resolution=resolution, num_workers=config.workers(),
                               device=config.resolved_device(), progress=config.progress)
     filters = gt.filters_with_ground_truth
     if not filters:
@@ -308,7 +308,7 @@ def _baselines(
             train_store = features_of(explainer.model, explainer.layer, train_ds, config)
             train_stats = filter_stats(train_store, config)
             train_gt = compute_ground_truth(train_store, train_ds, train_stats, resolution=resolution,
-                                            num_workers=config.num_workers,
+                                            num_workers=config.workers(),
                                             device=config.resolved_device(), progress=config.progress)
         except (ValueError, FileNotFoundError) as exc:
             logger.warning("no training-split ground truth for the baselines: %s", exc)
