@@ -201,6 +201,17 @@ class ReferenceDataset(Dataset):
         self._cat_index = {c["id"]: k for k, c in enumerate(data["categories"])}
         return data, ann_file, split
 
+    def _open_folder(
+        self, path: str | Path, split: str | None, preprocessing: Preprocessing | None, load_images: bool,
+    ) -> Path:
+        """Shared set-up of the folder formats: returns ``path/split`` (or ``path``)."""
+        path = Path(path).expanduser()
+        root = path / split if split else path
+        if not root.is_dir():
+            raise FileNotFoundError(f"{self.name} folder does not exist: {root}")
+        ReferenceDataset.__init__(self, path, split, preprocessing, load_images)
+        return root
+
     # -- public API -----------------------------------------------------------------------
     def __len__(self) -> int:
         return len(self.image_ids)
@@ -647,11 +658,7 @@ class ImageFolderDataset(ReferenceDataset):
         preprocessing: Preprocessing | None = None,
         load_images: bool = True,
     ) -> None:
-        path = Path(path).expanduser()
-        root = path / split if split else path
-        if not root.is_dir():
-            raise FileNotFoundError(f"{self.name} folder does not exist: {root}")
-        super().__init__(path, split, preprocessing, load_images)
+        root = self._open_folder(path, split, preprocessing, load_images)
         classes = sorted(
             p.name for p in root.iterdir() if p.is_dir() and not p.name.startswith(".")
         )
@@ -692,11 +699,7 @@ class FolderDataset(ReferenceDataset):
         preprocessing: Preprocessing | None = None,
         load_images: bool = True,
     ) -> None:
-        path = Path(path).expanduser()
-        root = path / split if split else path
-        if not root.is_dir():
-            raise FileNotFoundError(f"{self.name} folder does not exist: {root}")
-        super().__init__(path, split, preprocessing, load_images)
+        root = self._open_folder(path, split, preprocessing, load_images)
         files = _find_images(root)
         if not files:
             raise ValueError(
