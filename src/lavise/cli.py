@@ -47,22 +47,26 @@ def _add_runtime(p: argparse.ArgumentParser) -> None:
 
 
 def _add_words(p: argparse.ArgumentParser) -> None:
+    from lavise.explainer import EXPLAINER_KINDS
+    from lavise.masking import list_masking_methods
+
     p.add_argument("--vocabulary", help="default, glove, concepts, or a word-list file")
     p.add_argument("--vocabulary-size", type=int, help="keep the N most common vocabulary words")
-    p.add_argument("--method", help="masking method; see `lavise list methods` (default activation, chosen by measurement)")
+    p.add_argument("--method", choices=list_masking_methods(),
+                   help="masking method (default activation, chosen by measurement)")
     p.add_argument("-p", "--top-images", type=int, dest="top_images", help="p, top-activated images per filter (default 5)")
     p.add_argument("-s", type=int, help="nearest words per image (default 3)")
     p.add_argument("-x", type=int, help="words kept per filter (default 10)")
     p.add_argument("--quantile", type=float, help="fraction of activations above T_u (default 0.005)")
     p.add_argument("--filters", help="filters to explain, e.g. 0-99,120 (default: all)")
-    p.add_argument("--explainer", help="override the checkpoint's explainer kind: trained, conse, trained+conse")
+    p.add_argument("--explainer", choices=EXPLAINER_KINDS, help="override the checkpoint's explainer kind")
     p.add_argument("--allow", type=Path, help="file of words explanations may use (one per line)")
     p.add_argument("--block", type=Path, help="file of words explanations may not use")
 
 
 def build_parser() -> argparse.ArgumentParser:
     from lavise.datasets import list_dataset_formats
-    from lavise.explainer import EXPLAINER_KINDS
+    from lavise.explainer import EXPLAINER_KINDS, POOLINGS
 
     parser = argparse.ArgumentParser(
         prog="lavise",
@@ -98,7 +102,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--embeddings", dest="word_space", help="word space: glove-6b-50d (default) or a GloVe/word2vec text file")
     p.add_argument("--explainer", choices=EXPLAINER_KINDS, help="explainer kind (default trained+conse)")
     p.add_argument("--seen-fraction", type=float, help="share of categories that supervise training (default 0.7)")
-    p.add_argument("--pooling", choices=["mean", "rescaled"], help="pooling of masked features (see README)")
+    p.add_argument("--pooling", choices=POOLINGS, help="pooling of masked features: mean (paper, default) or rescaled")
     p.add_argument("--epochs", type=int)
     p.add_argument("--lr", type=float)
     p.add_argument("--batch-size", type=int)
@@ -123,6 +127,8 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def _add_evaluate_parser(sub: Any) -> None:
+    from lavise.explainer import EXPLAINER_KINDS
+
     p = sub.add_parser("evaluate", help="score explanations against segmentation masks (paper Table 2)")
     p.add_argument("--checkpoint", type=Path, nargs="+", required=True,
                    help="checkpoint folder(s); several give one row per layer (paper Table 3)")
@@ -137,7 +143,7 @@ def _add_evaluate_parser(sub: Any) -> None:
     p.add_argument("--synonyms", action="store_true", help="also score with WordNet synonym matching")
     p.add_argument("--no-baselines", action="store_true")
     p.add_argument("--permutations", type=int, default=1000, help="permutations of the specificity test")
-    p.add_argument("--explainer", help="override the checkpoint's explainer kind")
+    p.add_argument("--explainer", choices=EXPLAINER_KINDS, help="override the checkpoint's explainer kind")
     p.add_argument("--vocabulary")
     p.add_argument("--vocabulary-size", type=int)
     p.add_argument("-p", "--top-images", type=int, dest="top_images")
