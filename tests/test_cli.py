@@ -99,3 +99,23 @@ def test_checkpoint_for_other_weights_is_refused(capsys, resnet_checkpoint, shar
     code, _, err = run(capsys, "explain", "--checkpoint", str(root / "ckpt"), "--weights", str(other),
                        "--images", str(shared_data / "coco-tiny" / "val2017"), "--out", str(tmp_path / "o"))
     assert code == 2 and "weights" in err
+
+
+def test_extract_shards_like_torchrun_then_reuses_the_cache(capsys, shared_data, tmp_path, monkeypatch):
+    images = str(shared_data / "coco-tiny" / "val2017")
+    argv = ["extract", "--model", "resnet18", "--weights", "{w}", "--images", images,
+            "--cache-dir", str(tmp_path / "cache"), "-q"]
+    torch.manual_seed(0)
+    torch.save(torchvision.models.resnet18().state_dict(), tmp_path / "w.pt")
+    argv = [a.format(w=tmp_path / "w.pt") for a in argv]
+    monkeypatch.setenv("WORLD_SIZE", "2")
+    monkeypatch.setenv("RANK", "0")
+    code, out, _ = run(capsys, *argv)
+    assert code == 0 and "pending" in out
+    monkeypatch.setenv("RANK", "1")
+    code, out, _ = run(capsys, *argv)
+    assert code == 0 and "(complete)" in out
+    monkeypatch.delenv("RANK")
+    monkeypatch.delenv("WORLD_SIZE")
+    code, out, _ = run(capsys, *argv)
+    assert code == 0 and "(complete)" in out

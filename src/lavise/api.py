@@ -33,7 +33,7 @@ from lavise.wordspace import WordSpace, load_word_space
 
 logger = logging.getLogger(__name__)
 
-__all__ = ["train", "explain", "prepare_model", "open_dataset", "features_of", "filter_stats"]
+__all__ = ["train", "explain", "prepare_model", "open_dataset", "features_of", "filter_stats", "shard_from_env"]
 
 
 def prepare_model(model: str | TargetModel | None, config: Config) -> TargetModel:
@@ -81,13 +81,30 @@ def _open_one(spec: str | ReferenceDataset, split: str | None, model: TargetMode
     return load_dataset(spec, split=split, preprocessing=model.preprocessing)
 
 
-def features_of(model: TargetModel, layer: str, dataset: Any, config: Config) -> FeatureStore:
-    """Cached features of ``layer`` for ``dataset`` (computed once)."""
+def features_of(
+    model: TargetModel, layer: str, dataset: Any, config: Config, *, rank: int = 0, world_size: int = 1,
+) -> FeatureStore:
+    """Cached features of ``layer`` for ``dataset`` (computed once).
+
+    With ``world_size > 1`` this process fills only its shard (images ``i`` with
+    ``i % world_size == rank``) of the shared cache; see :func:`shard_from_env`.
+    """
     return extract_features(
         model, layer, dataset, config.cache_root(),
         batch_size=config.image_batch_size, num_workers=config.workers(),
         channels_last=config.channels_last, progress=config.progress,
+        rank=rank, world_size=world_size,
     )
+
+
+def shard_from_env() -> tuple[int, int]:
+    """``(rank, world_size)`` from torchrun's ``RANK``/``WORLD_SIZE`` (default ``(0, 1)``)."""
+    import os
+
+    try:
+        return int(os.environ.get("RANK", 0)), int(os.environ.get("WORLD_SIZE", 1))
+    except ValueError:
+        raise ValueError("RANK and WORLD_SIZE must be integers") from None
 
 
 def filter_stats(store: FeatureStore, config: Config) -> FilterStats:

@@ -110,6 +110,12 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--out", type=Path, required=True, help="checkpoint folder")
     _add_runtime(p)
 
+    p = sub.add_parser("extract", help="fill the feature cache of a dataset (one shard per torchrun process)")
+    _add_model(p)
+    p.add_argument("--images", required=True, action="append", help="folder of images or FORMAT:PATH[@SPLIT], repeatable")
+    p.add_argument("--split")
+    _add_runtime(p)
+
     p = sub.add_parser("explain", help="explain every filter of a checkpoint's layer in words")
     p.add_argument("--checkpoint", type=Path, required=True)
     p.add_argument("--images", required=True, help="folder of images or FORMAT:PATH")
@@ -263,6 +269,28 @@ def cmd_explain(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_extract(args: argparse.Namespace) -> int:
+    from lavise.api import features_of, open_dataset, prepare_model, shard_from_env
+
+    config = _config_from(args)
+    rank, world_size = shard_from_env()
+    if config.device == "auto" and world_size > 1 and _cuda_count() > 1:
+        config = config.replace(device=f"cuda:{rank % _cuda_count()}")
+    model = prepare_model(None, config)
+    layer = model.layer(config.layer).name
+    dataset = open_dataset(args.images, args.split, model)
+    store = features_of(model, layer, dataset, config, rank=rank, world_size=world_size)
+    state = "complete" if store.meta.get("complete") else f"shard {rank}/{world_size} done, others pending"
+    print(f"{model.name} {layer}: {len(dataset)} images, {len(store.failed)} unreadable; cache {store.path} ({state})")
+    return 0
+
+
+def _cuda_count() -> int:
+    import torch
+
+    return torch.cuda.device_count()
+
+
 def find_sample() -> Path:
     """The bundled COCO sample: ./sample/coco-panoptic or the repository's copy."""
     candidates = [Path.cwd() / "sample" / "coco-panoptic",
@@ -294,7 +322,7 @@ def cmd_demo(args: argparse.Namespace) -> int:
 
 
 COMMANDS = {"demo": cmd_demo, "layers": cmd_layers, "list": cmd_list, "train": cmd_train,
-            "explain": cmd_explain, "evaluate": cmd_evaluate}
+            "extract": cmd_extract, "explain": cmd_explain, "evaluate": cmd_evaluate}
 
 
 def main(argv: Sequence[str] | None = None) -> int:
