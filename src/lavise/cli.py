@@ -245,10 +245,15 @@ def _training_summary(explainer: Any, out: Path) -> str:
                      + (f", {len(split.missing)} without word vector" if split.missing else ""))
     hist = t.get("history") or []
     if hist:
-        h = hist[-1]
         fmt = lambda v: "n/a" if v is None or v != v else f"{v:.2f}"  # noqa: E731
-        lines.append(f"held-out accuracy after {h['epoch']} epochs: seen top-1 {fmt(h['seen_top1'])} "
-                     f"top-5 {fmt(h['seen_top5'])}; unseen top-1 {fmt(h['unseen_top1'])} top-5 {fmt(h['unseen_top5'])}")
+        lines.append("held-out concept accuracy of the trained head (hold-out images; all concepts compete):")
+        lines.append(f"  {'epoch':>5} {'loss':>8} {'seen@1':>7} {'seen@5':>7} {'unseen@1':>9} {'unseen@5':>9}")
+        step = max(1, len(hist) // 6)
+        shown = sorted({0, *range(step - 1, len(hist), step), len(hist) - 1})
+        for i in shown:
+            h = hist[i]
+            lines.append(f"  {h['epoch']:>5} {h['loss']:>8.3f} {fmt(h['seen_top1']):>7} {fmt(h['seen_top5']):>7} "
+                         f"{fmt(h['unseen_top1']):>9} {fmt(h['unseen_top5']):>9}")
     lines.append(f"checkpoint: {out}")
     return "\n".join(lines)
 

@@ -315,7 +315,8 @@ def fit_head(
             total += loss.item() * len(b)
         metrics = EpochMetrics(epoch, total / len(x), *_heldout_accuracy(head, heldout, split, kept, all_vecs, device))
         history.append(metrics)
-        bar.set_postfix(loss=f"{metrics.loss:.3f}", seen_top1=f"{metrics.seen_top1:.2f}")
+        bar.set_postfix(loss=f"{metrics.loss:.3f}", seen_top1=f"{metrics.seen_top1:.2f}",
+                        unseen_top1="n/a" if metrics.unseen_top1 is None else f"{metrics.unseen_top1:.2f}")
         logger.info("epoch %d: %s", epoch, metrics)
     head.eval()
     return head.cpu(), history
