@@ -17,13 +17,11 @@ from pathlib import Path
 from typing import Any, Sequence
 
 import torch
-from torch.utils.data import DataLoader
-from tqdm.auto import tqdm
 
 from lavise._io import write_json_atomic, write_text_atomic
 from lavise.config import Config
 from lavise.explain import explain_filters
-from lavise.datasets import masks_only
+from lavise.features import features_with_masks
 from lavise.explainer import Explainer
 from lavise.masking import list_masking_methods
 from lavise.metrics import (
@@ -85,24 +83,13 @@ def compute_ground_truth(
 
     Memory stays bounded by one batch of upsampled maps, whatever the dataset size.
     """
-    from lavise.datasets import collate
-
     d = store.shape[0]
     acc = IoUAccumulator(d, len(dataset.concepts), resolution=resolution, device=device)
-    row_of = {k: i for i, k in enumerate(store.ids)}
-    failed = set(store.failed)
-    loader = DataLoader(masks_only(dataset), batch_size=batch_size, num_workers=num_workers, collate_fn=collate)
-    arr = store.array
     thresholds = stats.thresholds.to(device)
-    for batch in tqdm(loader, desc="ground truth (IoU)", unit="batch", disable=not progress):
-        keep = [j for j, iid in enumerate(batch["image_id"]) if str(iid) not in failed]
-        if not keep:
-            continue
-        rows = [row_of[str(batch["image_id"][j])] for j in keep]
-        feats = torch.from_numpy(arr[rows].astype("float32")).to(device)
-        masks = [torch.as_tensor(batch["masks"][j]).to(device) for j in keep]
-        cids = [batch["concept_ids"][j].to(device) for j in keep]
-        acc.update(feats, thresholds, masks, cids)
+    stream = features_with_masks(store, dataset, batch_size=batch_size, num_workers=num_workers,
+                                 progress=progress, desc="ground truth (IoU)")
+    for _, feats, masks, cids in stream:
+        acc.update(feats.to(device), thresholds, [m.to(device) for m in masks], [c.to(device) for c in cids])
     iou = acc.iou().cpu()
     gt_ids = acc.ground_truth(iou_threshold)
     per_filter = tuple(tuple(dataset.concepts[c] for c in ids) for ids in gt_ids)

@@ -205,23 +205,18 @@ def pool_concept_features(
     """
     if pooling not in POOLINGS:
         raise ValueError(f"unknown pooling {pooling!r} (valid: {', '.join(POOLINGS)})")
-    from torch.utils.data import DataLoader
-
-    from lavise.datasets import collate, masks_only
+    from lavise.features import features_with_masks
 
     d, h, w = store.shape
-    row_of = {k: i for i, k in enumerate(store.ids)}
-    failed = set(store.failed)
-    loader = DataLoader(masks_only(dataset), batch_size=16, num_workers=num_workers, collate_fn=collate)
     pooled, names, images, cover = [], [], [], []
-    arr = store.array
-    for batch in tqdm(loader, desc="pool concept masks", unit="batch", disable=not progress):
-        for masks, cids, image_id in zip(batch["masks"], batch["concept_ids"], batch["image_id"]):
-            if str(image_id) in failed or len(cids) == 0:
+    stream = features_with_masks(store, dataset, num_workers=num_workers, progress=progress,
+                                 desc="pool concept masks")
+    for rows, batch_feats, batch_masks, batch_ids in stream:
+        for row, feats, masks, cids in zip(rows.tolist(), batch_feats, batch_masks, batch_ids):
+            if len(cids) == 0:
                 continue
-            row = row_of[str(image_id)]
-            feats = torch.from_numpy(np.asarray(arr[row], dtype=np.float32)).reshape(d, h * w)
-            grid = masks_to_feature_grid(torch.as_tensor(masks), (h, w)).reshape(len(cids), h * w)
+            feats = feats.reshape(d, h * w)
+            grid = masks_to_feature_grid(masks, (h, w)).reshape(len(cids), h * w)
             vecs = grid @ feats.T / (h * w)
             if pooling == "rescaled":
                 vecs = rescale_pooled(vecs, feats.mean(1).norm())

@@ -28,7 +28,7 @@ from lavise.models import LayerExtractor, TargetModel
 
 logger = logging.getLogger(__name__)
 
-__all__ = ["FeatureStore", "extract_features", "feature_cache_key", "default_cache_dir"]
+__all__ = ["FeatureStore", "extract_features", "feature_cache_key", "default_cache_dir", "features_with_masks"]
 
 _FORMAT_VERSION = 1
 
@@ -248,3 +248,34 @@ def extract_features(
     if all_failed:
         logger.warning("%d of %d images could not be read and were skipped", len(all_failed), n)
     return FeatureStore.open(path)
+
+
+def features_with_masks(
+    store: FeatureStore,
+    dataset: Any,
+    *,
+    batch_size: int = 16,
+    num_workers: int = 0,
+    progress: bool = True,
+    desc: str = "masks",
+) -> Iterator[tuple[torch.Tensor, torch.Tensor, list[torch.Tensor], list[torch.Tensor]]]:
+    """Streams a dataset's concept masks beside its cached features, image by image.
+
+    Masks are read without decoding images; images the cache could not read are
+    skipped. Yields ``(store rows (B,), float32 features (B, d, h, w), masks, concept_ids)``
+    where ``masks[i]`` is ``(K_i, H, W)`` and ``concept_ids[i]`` indexes ``dataset.concepts``.
+    """
+    from lavise.datasets import collate, masks_only
+
+    row_of = {k: i for i, k in enumerate(store.ids)}
+    failed = set(store.failed)
+    loader = DataLoader(masks_only(dataset), batch_size=batch_size, num_workers=num_workers, collate_fn=collate)
+    arr = store.array
+    for batch in tqdm(loader, desc=desc, unit="batch", disable=not progress):
+        keep = [j for j, iid in enumerate(batch["image_id"]) if str(iid) not in failed]
+        if not keep:
+            continue
+        rows = [row_of[str(batch["image_id"][j])] for j in keep]
+        feats = torch.from_numpy(np.asarray(arr[rows], dtype=np.float32))
+        yield (torch.tensor(rows, dtype=torch.long), feats,
+               [torch.as_tensor(batch["masks"][j]) for j in keep], [batch["concept_ids"][j] for j in keep])
