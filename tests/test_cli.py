@@ -119,3 +119,14 @@ def test_extract_shards_like_torchrun_then_reuses_the_cache(capsys, shared_data,
     monkeypatch.delenv("WORLD_SIZE")
     code, out, _ = run(capsys, *argv)
     assert code == 0 and "(complete)" in out
+
+
+def test_explainer_kind_override_applies_to_a_checkpoint(resnet_checkpoint):
+    from lavise import Config
+    from lavise.api import resolve_explainer
+
+    root, weights = resnet_checkpoint
+    config = Config(weights=str(weights), cache_dir=str(root / "cache"))
+    assert resolve_explainer(root / "ckpt", config).kind == "trained"
+    # a 1000-way local state_dict gets the ImageNet class names, so ConSE is available
+    assert resolve_explainer(root / "ckpt", config, kind="conse").kind == "conse"

@@ -256,11 +256,7 @@ def explain(
         weight_by_activation: Weight each top image's words by its activation.
     """
     config = with_overrides(config, overrides)
-    if not isinstance(explainer, Explainer):
-        explainer = Explainer.load(explainer, model=_model_for_checkpoint(explainer, config))
-        explainer.model.to(config.resolved_device())
-    elif overrides.get("explainer"):
-        explainer = explainer.with_kind(config.explainer)
+    explainer = resolve_explainer(explainer, config, kind=overrides.get("explainer"))
     dataset = open_dataset(images, split, explainer.model)
     if len(dataset) == 0:
         raise ValueError("no images to explain")
@@ -278,6 +274,14 @@ def explain(
         weight_by_activation=weight_by_activation, allow=allow, block=block,
         images=image_loader, progress=config.progress,
     )
+
+
+def resolve_explainer(explainer: Explainer | str | Path, config: Config, kind: str | None = None) -> Explainer:
+    """An explainer, loaded from a checkpoint folder if need be, with ``kind`` if given."""
+    if not isinstance(explainer, Explainer):
+        explainer = Explainer.load(explainer, model=_model_for_checkpoint(explainer, config))
+        explainer.model.to(config.resolved_device())
+    return explainer.with_kind(kind) if kind else explainer
 
 
 def _image_loader(dataset: Any, model: TargetModel):

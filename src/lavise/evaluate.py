@@ -12,6 +12,7 @@ specificity control (each filter's words against another filter's ground truth).
 from __future__ import annotations
 
 import logging
+from collections import Counter
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Sequence
@@ -182,15 +183,11 @@ def evaluate(
         permutations: Permutations of the specificity control.
         resolution: Side of the grid IoU is computed on (None: the mask resolution).
     """
-    from lavise.api import _model_for_checkpoint, features_of, filter_stats, open_dataset, with_overrides
+    from lavise.api import features_of, filter_stats, open_dataset, resolve_explainer, with_overrides
     from lavise.vocabulary import load_vocabulary
 
     config = with_overrides(config, overrides)
-    if not isinstance(explainer, Explainer):
-        explainer = Explainer.load(explainer, model=_model_for_checkpoint(explainer, config))
-        explainer.model.to(config.resolved_device())
-    elif "explainer" in overrides:
-        explainer = explainer.with_kind(config.explainer)
+    explainer = resolve_explainer(explainer, config, kind=overrides.get("explainer"))
     if explainer.split is None:
         raise ValueError("the checkpoint has no concept split (seen/unseen); retrain it with lavise train")
     if isinstance(methods, str):
@@ -250,10 +247,7 @@ def evaluate(
         for method in methods:
             res = specificity_test(predictions[method], gt_lists, k=10, permutations=permutations, seed=config.seed)
             specificity[method] = res.to_dict()
-    counts: dict[str, int] = {}
-    for g in gt_lists:
-        for c in g:
-            counts[c] = counts.get(c, 0) + 1
+    counts = Counter(c for g in gt_lists for c in g)
     return EvaluationReport(
         model=explainer.model.name,
         layer=explainer.layer,
@@ -267,7 +261,7 @@ def evaluate(
             "images": len(store.valid_indices()),
             "concepts_with_masks": len(usable),
             "iou_threshold": gt.threshold,
-            "most_common": sorted(counts.items(), key=lambda kv: -kv[1])[:20],
+            "most_common": counts.most_common(20),
             "unseen_concepts": sorted(unseen & usable),
         },
         settings={"p": top, "s": config.s, "x": x, "quantile": config.quantile,
