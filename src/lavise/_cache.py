@@ -14,9 +14,10 @@ The feature cache (see :mod:`lavise.features`) is validated here:
 * ``meta.json`` must parse and carry the fields lavise writes;
 * every finished shard (the rows ``i % world_size == rank`` one process filled) has a
   SHA-256 of its rows, written when the shard finished and checked whenever the
-  entry is opened. Shards larger than :data:`DIGEST_BUDGET` bytes are checked on an
-  evenly spaced sample of rows (always the same rows), so opening stays cheap; sizes
-  and headers are always checked in full.
+  entry is opened. In entries larger than :data:`DIGEST_BUDGET` bytes each shard's
+  checksum covers an evenly spaced sample of its rows (always the same rows), so
+  opening an entry reads at most that many bytes; sizes and headers are always
+  checked in full.
 """
 
 from __future__ import annotations
@@ -63,33 +64,41 @@ class CacheDamaged(ValueError):
 # --------------------------------------------------------------------------- locks
 
 
-def lock(path: str | Path, what: str = "cache entry") -> contextlib.AbstractContextManager:
+def lock(path: str | Path, what: str = "cache entry", required: bool = True) -> contextlib.AbstractContextManager:
     """An inter-process lock named after ``path`` (the lock file is ``<path>.lock``).
 
-    Waiting for another process is logged once at INFO level.
+    Waiting for another process is logged once at INFO level. With ``required=False``
+    a lock file that cannot be created (a read-only folder) means no lock, not an error.
     """
-    return _Lock(Path(path), what)
+    return _Lock(Path(path), what, required)
 
 
 class _Lock:
-    def __init__(self, path: Path, what: str) -> None:
+    def __init__(self, path: Path, what: str, required: bool) -> None:
         self.path = path
         self.what = what
+        self.required = required
         self._lock: FileLock | None = None
 
     def __enter__(self) -> "_Lock":
-        self.path.parent.mkdir(parents=True, exist_ok=True)
-        self._lock = FileLock(str(self.path) + _LOCK_SUFFIX)
         try:
-            self._lock.acquire(timeout=0)
-        except Timeout:
-            logger.info("waiting for another process writing the %s %s", self.what, self.path)
-            self._lock.acquire()
+            self.path.parent.mkdir(parents=True, exist_ok=True)
+            self._lock = FileLock(str(self.path) + _LOCK_SUFFIX)
+            try:
+                self._lock.acquire(timeout=0)
+            except Timeout:
+                logger.info("waiting for another process writing the %s %s", self.what, self.path)
+                self._lock.acquire()
+        except OSError:
+            if self.required:
+                raise
+            logger.debug("no lock for the %s %s (cannot create its lock file)", self.what, self.path)
+            self._lock = None
         return self
 
     def __exit__(self, *exc: Any) -> None:
-        assert self._lock is not None
-        self._lock.release()
+        if self._lock is not None:
+            self._lock.release()
 
 
 _HELD: contextvars.ContextVar[contextlib.ExitStack | None] = contextvars.ContextVar("lavise_held_locks",
@@ -140,9 +149,13 @@ def sha256_bytes(*parts: bytes) -> str:
 
 
 def shard_rows(n: int, rank: int, world_size: int, row_bytes: int, budget: int = DIGEST_BUDGET) -> np.ndarray:
-    """Rows of shard ``rank`` whose bytes its checksum covers: all, or an even sample within ``budget``."""
+    """Rows of shard ``rank`` whose bytes its checksum covers: all, or an even sample.
+
+    The shards of one entry share ``budget`` bytes, so opening an entry reads at most
+    that much, whatever the number of shards.
+    """
     rows = np.arange(rank, n, world_size, dtype=np.int64)
-    cap = max(1, budget // max(1, row_bytes))
+    cap = max(1, budget // world_size // max(1, row_bytes))
     if len(rows) > cap:
         rows = rows[np.unique(np.linspace(0, len(rows) - 1, num=cap).astype(np.int64))]
     return rows

@@ -492,7 +492,7 @@ def load_text_word_space(path: str | os.PathLike, *, use_cache: bool = True) -> 
     from lavise._cache import lock
 
     # One process parses and writes the cache; another waits, then reads it.
-    with lock(caches[1].with_suffix(""), "word-vector cache"):
+    with lock(caches[1].with_suffix(""), "word-vector cache", required=False):
         for cache in caches:
             if cache.is_file():
                 hit = _read_cache(cache, st.st_size, st.st_mtime_ns)
