@@ -194,7 +194,7 @@ def test_killed_train_reruns_to_the_same_checkpoint(baseline, data, tmp_path, po
     assert all(torch.equal(weights[k], want_weights[k]) for k in weights)
 
 
-@pytest.mark.parametrize("point, nth", [("forward", 2), ("rename", 6), ("rename", 8)])
+@pytest.mark.parametrize("point, nth", [("rename", 6), ("rename", 8)])
 def test_killed_explain_reruns_to_the_same_explanations(baseline, data, tmp_path, point, nth):
     cache, out = tmp_path / "cache", tmp_path / "out"
     _kill(point, nth, _explain(data, baseline / "ckpt", cache, out), tmp_path)

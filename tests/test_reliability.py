@@ -210,6 +210,25 @@ def test_damaged_resume_state_restarts_the_shard(tmp_path, caplog, monkeypatch):
     assert np.array_equal(np.array(store.array), np.array(full.array))
 
 
+def test_a_finished_shard_that_fails_its_checksum_is_redone(tmp_path, caplog):
+    ds = load_dataset(f"folder:{image_folder(tmp_path / 'imgs', n=7)}", preprocessing=TINY_PRE)
+    model = tiny_model()
+    full = np.array(extract_features(model, "features", ds, tmp_path / "full", progress=False).array)
+    first = extract_features(model, "features", ds, tmp_path / "c", rank=0, world_size=2, progress=False)
+    assert not first.meta["complete"] and (first.path / "shard-0-of-2.json").is_file()
+    _flip_row(first.path / "features.npy")  # row 3: not shard 0's
+    arr = np.load(first.path / "features.npy", mmap_mode="r+")
+    arr[2, 0, 0, 0] += 1  # row 2: shard 0's, finished
+    arr.flush()
+    with caplog.at_level(logging.WARNING):
+        second = extract_features(model, "features", ds, tmp_path / "c", rank=1, world_size=2, progress=False)
+    assert any("shard 0-of-2 fails its checksum" in r.getMessage() and str(first.path) in r.getMessage()
+               for r in caplog.records)
+    assert not second.meta["complete"]  # shard 0 must be redone
+    store = extract_features(model, "features", ds, tmp_path / "c", rank=0, world_size=2, progress=False)
+    assert store.meta["complete"] and np.array_equal(np.array(store.array), full)
+
+
 _WRITER = textwrap.dedent("""
     import sys, time
     from pathlib import Path
