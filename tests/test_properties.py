@@ -304,3 +304,16 @@ def test_cache_readers_on_random_bytes_raise_only_cache_damaged(data):
             FeatureStore.open(root)
     finally:
         shutil.rmtree(root)
+
+
+@FAST
+@given(data=st.binary(max_size=400))
+def test_word_vector_cache_reader_on_random_bytes_rebuilds(data):
+    from lavise.wordspace import _read_cache
+
+    root = Path(tempfile.mkdtemp())
+    try:
+        (root / "v.npz").write_bytes(data)
+        assert _read_cache(root / "v.npz", 10, 0) is None  # reported and rebuilt, never raised
+    finally:
+        shutil.rmtree(root)

@@ -28,7 +28,13 @@ import torch.nn.functional as F
 from torch import nn
 from tqdm.auto import tqdm
 
-from lavise.checkpoint import CHECKPOINT_VERSION, CheckpointError, read_metadata, read_weights, write_checkpoint
+from lavise.checkpoint import (
+    CHECKPOINT_VERSION,
+    CheckpointError,
+    read_metadata,
+    read_weights,
+    write_checkpoint,
+)
 from lavise.models import TargetModel
 from lavise.wordspace import WordSpace
 
