@@ -45,6 +45,9 @@ def scenes(draw):
             boxes.append((draw(st.integers(0, 2)), bx, by, bw, bh))
     if not boxes:
         boxes.append((draw(st.integers(0, 2)), 0, 0, w // 2, h // 2))
+    # how each instance is encoded: polygon, compressed RLE, or uncompressed RLE (iscrowd)
+    encodings = [draw(st.sampled_from(["polygon", "rle", "counts"])) for _ in boxes]
+    boxes = [(*b, e) for b, e in zip(boxes, encodings)]
     resize = draw(st.integers(16, 48))
     crop = draw(st.integers(8, resize))
     return h, w, boxes, Preprocessing(resize=resize, crop=crop)
@@ -52,7 +55,7 @@ def scenes(draw):
 
 def _paint(h: int, w: int, boxes) -> np.ndarray:
     img = np.zeros((h, w, 3), np.uint8)
-    for c, x, y, bw, bh in boxes:
+    for c, x, y, bw, bh, _ in boxes:
         img[y:y + bh, x:x + bw] = COLOURS[c]
     return img
 
@@ -65,12 +68,29 @@ def _write_instances(root: Path, h: int, w: int, boxes) -> None:
     (root / "images" / "s").mkdir(parents=True)
     (root / "annotations").mkdir()
     Image.fromarray(_paint(h, w, boxes)).save(root / "images" / "s" / "a.png")
-    anns = [{"id": i + 1, "image_id": 7, "category_id": 10 + c, "iscrowd": 0, "area": bw * bh,
-             "bbox": [x, y, bw, bh], "segmentation": [[x, y, x + bw, y, x + bw, y + bh, x, y + bh]]}
-            for i, (c, x, y, bw, bh) in enumerate(boxes)]
+    anns = [{"id": i + 1, "image_id": 7, "category_id": 10 + c, "iscrowd": int(enc == "counts"),
+             "area": bw * bh, "bbox": [x, y, bw, bh], "segmentation": _segmentation(h, w, x, y, bw, bh, enc)}
+            for i, (c, x, y, bw, bh, enc) in enumerate(boxes)]
     data = {"images": [{"id": 7, "file_name": "a.png", "height": h, "width": w}],
             "annotations": anns, "categories": CATEGORIES}
     (root / "annotations" / "instances_s.json").write_text(json.dumps(data))
+
+
+def _segmentation(h: int, w: int, x: int, y: int, bw: int, bh: int, enc: str):
+    """A box as a COCO polygon, compressed RLE, or uncompressed RLE (column-major runs from 0)."""
+    if enc == "polygon":
+        return [[x, y, x + bw, y, x + bw, y + bh, x, y + bh]]
+    m = np.zeros((h, w), np.uint8)
+    m[y:y + bh, x:x + bw] = 1
+    if enc == "rle":
+        from pycocotools import mask as mask_utils
+
+        rle = mask_utils.encode(np.asfortranarray(m))
+        return {"counts": rle["counts"].decode("ascii"), "size": [h, w]}
+    flat = m.flatten(order="F")
+    edges = np.flatnonzero(np.diff(flat)) + 1
+    runs = np.diff(np.concatenate([[0], edges, [flat.size]])).tolist()
+    return {"counts": ([0] if flat[0] else []) + runs, "size": [h, w]}
 
 
 def _write_panoptic(root: Path, h: int, w: int, boxes) -> None:
@@ -79,7 +99,7 @@ def _write_panoptic(root: Path, h: int, w: int, boxes) -> None:
     Image.fromarray(_paint(h, w, boxes)).save(root / "images" / "s" / "a.png")
     ids = np.zeros((h, w), np.int64)
     segs = []
-    for i, (c, x, y, bw, bh) in enumerate(boxes):
+    for i, (c, x, y, bw, bh, _) in enumerate(boxes):
         sid = 1000 + 7919 * (i + 1)  # uses all three bytes of the RGB encoding
         ids[y:y + bh, x:x + bw] = sid
         segs.append({"id": sid, "category_id": 10 + c, "iscrowd": 0, "area": bw * bh, "bbox": [x, y, bw, bh]})
