@@ -328,6 +328,75 @@ def create_array(path: Path, shape: tuple[int, ...], dtype: Any) -> None:
         raise
 
 
+def open_or_prepare(path: Path, *, key: str, version: int, shape: tuple[int, ...], dtype: Any, rank: int,
+                    world_size: int, open_complete: Callable[[Path], T]) -> T | None:
+    """A feature cache entry: ``open_complete(path)`` if it is complete and sound, else None
+    with the entry ready to (re)fill (its ``features.npy`` of ``shape`` exists).
+
+    A damaged entry is reported and cleared; a damaged resume state of this shard is
+    reported and dropped (the shard starts over).
+    """
+    n = shape[0]
+    meta_file = path / "meta.json"
+    feats_file = path / "features.npy"
+    with lock(path / ".entry", "feature cache entry"):
+        try:
+            if meta_file.is_file():
+                meta = check_meta(path, read_json(meta_file), version=version, key=key)
+                if meta["complete"]:
+                    return open_complete(path)
+            if feats_file.is_file():
+                check_npy(feats_file, shape, dtype)
+        except CacheDamaged as e:
+            report(e)
+            clear_entry(path)
+        shard = f"{rank}-of-{world_size}"
+        done_file, failed_file = path / f"done-{shard}.npy", path / f"failed-{shard}.json"
+        try:
+            if done_file.is_file():
+                load_mask(done_file, n)
+            if failed_file.is_file():
+                load_failed(failed_file)
+        except CacheDamaged as e:
+            report(e)
+            for f in (done_file, failed_file, path / f"shard-{shard}.json"):
+                f.unlink(missing_ok=True)
+        path.mkdir(parents=True, exist_ok=True)
+        if not feats_file.is_file():
+            create_array(feats_file, shape, dtype)
+    return None
+
+
+def gather_shards(path: Path, out: np.ndarray, done: np.ndarray, rank: int,
+                  world_size: int) -> tuple[np.ndarray, dict[str, str], dict[str, str]]:
+    """Records this shard's checksum if it is finished and gathers every shard's state.
+
+    Returns ``(done mask of all shards, failed images of all shards, shard checksums)``.
+    """
+    n = len(done)
+    trusted: dict[str, str] = {}
+    if done[rank::world_size].all():
+        trusted[f"{rank}-of-{world_size}"] = finish_shard(path, out, rank, world_size)
+    sums = finished_shards(path, out, world_size, trusted)
+    all_done = np.zeros(n, dtype=bool)
+    all_failed: dict[str, str] = {}
+    for f in sorted(path.glob(f"done-*-of-{world_size}.npy")):
+        shard = f.name[len("done-"):-len(".npy")]
+        failed_file = path / f"failed-{shard}.json"
+        try:
+            mask = load_mask(f, n)
+            failed = load_failed(failed_file) if failed_file.is_file() else {}
+        except CacheDamaged as e:
+            report(e)
+            for stale in (f, failed_file, path / f"shard-{shard}.json"):
+                stale.unlink(missing_ok=True)
+            sums.pop(shard, None)
+            continue
+        all_done |= mask
+        all_failed.update(failed)
+    return all_done, all_failed, sums
+
+
 def report(damage: CacheDamaged) -> None:
     """Logs the one warning that a damaged cache entry is being rebuilt."""
     logger.warning("damaged cache entry %s: %s; rebuilding it", damage.path, damage.reason)

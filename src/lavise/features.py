@@ -28,7 +28,6 @@ from torch.utils.data import DataLoader, Subset
 from tqdm.auto import tqdm
 
 from lavise import _cache
-from lavise._cache import CacheDamaged
 from lavise._io import save_npy_atomic, write_json_atomic
 from lavise.models import LayerExtractor, TargetModel
 
@@ -141,73 +140,6 @@ class FeatureStore:
             yield torch.from_numpy(rows.copy()), torch.from_numpy(np.asarray(block, dtype=np.float32))
 
 
-def _reuse_or_heal(path: Path, key: str, n: int, shape: tuple[int, int, int], rank: int,
-                   world_size: int) -> FeatureStore | None:
-    """The complete entry at ``path`` if it is sound, else None with the entry ready to (re)fill.
-
-    A damaged entry is reported and cleared; a damaged resume state of this shard is
-    reported and dropped (the shard starts over).
-    """
-    meta_file = path / "meta.json"
-    feats_file = path / "features.npy"
-    with _cache.lock(path / ".entry", "feature cache entry"):
-        try:
-            if meta_file.is_file():
-                meta = _cache.check_meta(path, _cache.read_json(meta_file), version=_FORMAT_VERSION, key=key)
-                if meta["complete"]:
-                    return FeatureStore.open(path)
-            if feats_file.is_file():
-                _cache.check_npy(feats_file, (n, *shape), np.float16)
-        except CacheDamaged as e:
-            _cache.report(e)
-            _cache.clear_entry(path)
-        shard = f"{rank}-of-{world_size}"
-        done_file, failed_file = path / f"done-{shard}.npy", path / f"failed-{shard}.json"
-        try:
-            if done_file.is_file():
-                _cache.load_mask(done_file, n)
-            if failed_file.is_file():
-                _cache.load_failed(failed_file)
-        except CacheDamaged as e:
-            _cache.report(e)
-            for f in (done_file, failed_file, path / f"shard-{shard}.json"):
-                f.unlink(missing_ok=True)
-        path.mkdir(parents=True, exist_ok=True)
-        if not feats_file.is_file():
-            _cache.create_array(feats_file, (n, *shape), np.float16)
-    return None
-
-
-def _finish(path: Path, out: np.ndarray, done: np.ndarray, rank: int,
-            world_size: int) -> tuple[np.ndarray, dict[str, str], dict[str, str]]:
-    """Records this shard's checksum if it is finished and gathers every shard's state.
-
-    Returns ``(done mask of all shards, failed images of all shards, shard checksums)``.
-    """
-    n = len(done)
-    trusted = {}
-    if done[rank::world_size].all():
-        trusted[f"{rank}-of-{world_size}"] = _cache.finish_shard(path, out, rank, world_size)
-    sums = _cache.finished_shards(path, out, world_size, trusted)
-    all_done = np.zeros(n, dtype=bool)
-    all_failed: dict[str, str] = {}
-    for f in sorted(path.glob(f"done-*-of-{world_size}.npy")):
-        shard = f.name[len("done-"):-len(".npy")]
-        failed_file = path / f"failed-{shard}.json"
-        try:
-            mask = _cache.load_mask(f, n)
-            failed = _cache.load_failed(failed_file) if failed_file.is_file() else {}
-        except CacheDamaged as e:
-            _cache.report(e)
-            for stale in (f, failed_file, path / f"shard-{shard}.json"):
-                stale.unlink(missing_ok=True)
-            sums.pop(shard, None)
-            continue
-        all_done |= mask
-        all_failed.update(failed)
-    return all_done, all_failed, sums
-
-
 @_cache.holding_locks
 def extract_features(
     model: TargetModel,
@@ -259,7 +191,8 @@ def extract_features(
     shape = (info.channels, info.height, info.width)
     meta_file = path / "meta.json"
     _cache.hold(_cache.lock(path / f".shard-{rank}-of-{world_size}", "feature cache shard"))
-    hit = _reuse_or_heal(path, key, n, shape, rank, world_size)
+    hit = _cache.open_or_prepare(path, key=key, version=_FORMAT_VERSION, shape=(n, *shape), dtype=np.float16,
+                                 rank=rank, world_size=world_size, open_complete=FeatureStore.open)
     if hit is not None:
         logger.info("feature cache hit: %s", path)
         return hit
@@ -305,7 +238,7 @@ def extract_features(
     # Gather shards: complete when every rank's done mask covers the whole list and
     # every shard's checksum is recorded.
     with _cache.lock(path / ".entry", "feature cache entry"):
-        all_done, all_failed, checksums = _finish(path, out, done, rank, world_size)
+        all_done, all_failed, checksums = _cache.gather_shards(path, out, done, rank, world_size)
         complete = bool(all_done.all()) and len(checksums) == world_size
         meta = {
             "version": _FORMAT_VERSION,
