@@ -10,7 +10,9 @@ Example:
     >>> print(result.table())
 """
 
+from lavise._cache import CacheDamaged
 from lavise.api import explain, train
+from lavise.checkpoint import CheckpointError, upgrade_checkpoint
 from lavise.config import Config
 from lavise.datasets import list_dataset_formats, load_dataset
 from lavise.explain import Explanations, FilterExplanation, TopImage
@@ -35,6 +37,9 @@ from lavise.wordspace import WordSpace, list_word_spaces, load_word_space
 __version__ = "0.1.0"
 
 __all__ = [
+    "CacheDamaged",
+    "CheckpointError",
+    "upgrade_checkpoint",
     "Config",
     "ConceptSplit",
     "Explainer",

@@ -1,4 +1,9 @@
-"""Atomic file writes: a reader never sees a half-written file."""
+"""Atomic file writes: a reader never sees a half-written file.
+
+Each write goes to a temporary file in the target's folder, is flushed to disk, and
+is renamed over the target: a process killed at any point leaves the old file or
+the new one. (File locks and cache checksums live in :mod:`lavise._cache`.)
+"""
 
 from __future__ import annotations
 
@@ -18,6 +23,8 @@ def _atomic(path: Path, mode: str, write: Callable[[IO], None]) -> Path:
     try:
         with os.fdopen(fd, mode) as f:
             write(f)
+            f.flush()
+            os.fsync(f.fileno())  # the bytes reach the disk before the name does
         os.replace(tmp, path)
     except BaseException:
         Path(tmp).unlink(missing_ok=True)

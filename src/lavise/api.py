@@ -16,6 +16,7 @@ from typing import Any, Sequence
 
 import torch
 
+from lavise._cache import load_or_build
 from lavise.config import Config
 from lavise.datasets import ReferenceDataset, list_dataset_formats, load_dataset
 from lavise.explain import Explanations, explain_filters
@@ -115,12 +116,11 @@ def filter_stats(store: FeatureStore, config: Config) -> FilterStats:
     """
     top_k = max(50, config.top_images)
     path = Path(store.path) / f"stats-q{config.quantile:g}-k{top_k}.safetensors"
-    if path.is_file():
-        return FilterStats.load(path)
-    stats = compute_filter_stats(store, quantile=config.quantile, top_k=top_k,
-                                 progress=config.progress)
-    stats.save(path)
-    return stats
+    # One writer at a time; a damaged file is reported and recomputed (lavise._cache).
+    return load_or_build(
+        path, FilterStats.load,
+        lambda: compute_filter_stats(store, quantile=config.quantile, top_k=top_k, progress=config.progress),
+        lambda stats, p: stats.save(p), "filter statistics")
 
 
 def with_overrides(config: Config | None, overrides: dict[str, Any]) -> Config:
@@ -294,9 +294,8 @@ def _image_loader(dataset: Any, model: TargetModel):
 def _model_for_checkpoint(path: str | Path, config: Config) -> TargetModel | None:
     """The model a checkpoint needs, when the config names local weights for it."""
     if config.weights:
-        import json
+        from lavise.checkpoint import read_metadata
 
-        meta = json.loads((Path(path) / "lavise.json").read_text()) if (Path(path) / "lavise.json").is_file() else {}
-        name = meta.get("model", {}).get("name", config.model)
+        name = read_metadata(path)["model"]["name"]
         return load_model(name, config.weights, allow_pickle=config.allow_pickle)
     return None

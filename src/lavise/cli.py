@@ -330,6 +330,15 @@ COMMANDS = {"demo": cmd_demo, "layers": cmd_layers, "list": cmd_list, "train": c
             "extract": cmd_extract, "explain": cmd_explain, "evaluate": cmd_evaluate}
 
 
+def error_line(exc: BaseException) -> str:
+    """The one line ``lavise: error:`` shows for ``exc``, with every path in full."""
+    if isinstance(exc, OSError) and exc.strerror and exc.filename is not None:
+        msg = f"{exc.strerror}: {exc.filename}"
+        return msg + (f" -> {exc.filename2}" if exc.filename2 is not None else "")
+    text = str(exc).strip()
+    return text.splitlines()[0] if text else type(exc).__name__
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     """Entry point of the ``lavise`` console script."""
     parser = build_parser()
@@ -339,9 +348,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     handler = COMMANDS[args.command]
     try:
         return handler(args)
-    except (ValueError, FileNotFoundError, NotADirectoryError, PermissionError) as exc:
-        msg = str(exc).strip().strip("'\"") or type(exc).__name__
-        print(f"lavise: error: {msg.splitlines()[0]}", file=sys.stderr)
+    except (ValueError, OSError) as exc:
+        # User errors, damaged files (CheckpointError, CacheDamaged: ValueErrors) and
+        # file-system errors (missing, unwritable, disk full): one line, whole paths.
+        print(f"lavise: error: {error_line(exc)}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:
         print("lavise: interrupted (the feature cache resumes where it stopped)", file=sys.stderr)

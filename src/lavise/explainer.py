@@ -17,10 +17,7 @@ from __future__ import annotations
 
 import logging
 import math
-import os
 import random
-import shutil
-import tempfile
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any, Sequence
@@ -31,6 +28,13 @@ import torch.nn.functional as F
 from torch import nn
 from tqdm.auto import tqdm
 
+from lavise.checkpoint import (
+    CHECKPOINT_VERSION,
+    CheckpointError,
+    read_metadata,
+    read_weights,
+    write_checkpoint,
+)
 from lavise.models import TargetModel
 from lavise.wordspace import WordSpace
 
@@ -68,7 +72,6 @@ def rescale_pooled(pooled: torch.Tensor, image_gap_norm: torch.Tensor) -> torch.
     """
     norm = pooled.norm(dim=-1).clamp_min(1e-12)
     return pooled * (image_gap_norm / norm).unsqueeze(-1)
-CHECKPOINT_VERSION = 1
 
 
 class ExplainerHead(nn.Module):
@@ -457,30 +460,12 @@ class Explainer:
         }
 
     def save(self, directory: str | Path) -> Path:
-        """Writes ``explainer.safetensors`` + ``lavise.json`` to ``directory`` atomically."""
-        import json
+        """Writes ``explainer.safetensors`` + ``lavise.json`` to ``directory`` atomically.
 
-        from safetensors.torch import save_file
-
-        directory = Path(directory)
-        directory.parent.mkdir(parents=True, exist_ok=True)
-        tmp = Path(tempfile.mkdtemp(dir=directory.parent, prefix=f".{directory.name}."))
-        try:
-            if self.head is not None:
-                state = {k: v.contiguous() for k, v in self.head.state_dict().items()}
-                save_file(state, str(tmp / "explainer.safetensors"), metadata={"format": "pt"})
-            (tmp / "lavise.json").write_text(json.dumps(_jsonable(self.metadata()), indent=1))
-            if directory.exists():
-                old = directory.with_name(f".{directory.name}.old-{os.getpid()}")
-                os.replace(directory, old)
-                os.replace(tmp, directory)
-                shutil.rmtree(old, ignore_errors=True)
-            else:
-                os.replace(tmp, directory)
-        except BaseException:
-            shutil.rmtree(tmp, ignore_errors=True)
-            raise
-        return directory
+        See :mod:`lavise.checkpoint` for the format.
+        """
+        tensors = dict(self.head.state_dict()) if self.head is not None else None
+        return write_checkpoint(directory, _jsonable(self.metadata()), tensors)
 
     @classmethod
     def load(
@@ -500,56 +485,67 @@ class Explainer:
 
         Raises:
             FileNotFoundError: No checkpoint there.
-            ValueError: The checkpoint does not match the model, layer or word space.
+            lavise.checkpoint.CheckpointError: (a ValueError) The checkpoint is damaged,
+                of a newer format, or does not match the model, layer or word space.
         """
-        import json
-
-        from safetensors.torch import load_file
-
         from lavise.models import load_model
         from lavise.wordspace import load_word_space
 
         directory = Path(directory)
         meta_file = directory / "lavise.json"
-        if not meta_file.is_file():
-            raise FileNotFoundError(f"no lavise checkpoint in {directory} (lavise.json missing)")
-        try:
-            meta = json.loads(meta_file.read_text())
-        except json.JSONDecodeError as exc:
-            raise ValueError(f"corrupt checkpoint metadata {meta_file}: {exc}") from None
-        if meta.get("format") != "lavise-explainer":
-            raise ValueError(f"{meta_file} is not a lavise explainer checkpoint")
+        meta = read_metadata(directory)
         m = meta["model"]
         if model is None:
-            model = load_model(m["name"], None if m["weights_id"].startswith(("efficientnet-lite0-pytorch", "random")) else m["weights_id"])
+            try:
+                model = load_model(m["name"], None if m["weights_id"].startswith(("efficientnet-lite0-pytorch", "random")) else m["weights_id"])
+            except (ValueError, OSError) as e:
+                raise CheckpointError(meta_file, f"its model {m['name']} ({m['weights_id']}) cannot be loaded: {e}",
+                                      "pass the model's weights with --weights") from None
         if model.name != m["name"] or model.weights_hash != m["weights_hash"]:
-            raise ValueError(
+            raise CheckpointError(
+                meta_file,
                 f"checkpoint was trained for {m['name']} (weights {m['weights_hash']}), "
-                f"not {model.name} (weights {model.weights_hash})"
-            )
+                f"not {model.name} (weights {model.weights_hash})",
+                "pass the weights it was trained with (--weights) or train a new checkpoint")
         layer = meta["layer"]
-        info = model.layer(layer["name"])
+        try:
+            info = model.layer(layer["name"])
+        except ValueError as e:
+            raise CheckpointError(meta_file, str(e), "train a new checkpoint for this model") from None
         if info.channels != layer["channels"]:
-            raise ValueError(f"layer {layer['name']} has {info.channels} channels, checkpoint {layer['channels']}")
+            raise CheckpointError(meta_file, f"layer {layer['name']} has {info.channels} channels, "
+                                             f"checkpoint {layer['channels']}", "train a new checkpoint for this model")
         ws_meta = meta["word_space"]
         if word_space is None:
-            word_space = load_word_space(ws_meta["name"])
+            try:
+                word_space = load_word_space(ws_meta["name"])
+            except (ValueError, OSError) as e:
+                raise CheckpointError(meta_file, f"its word space cannot be loaded: {e}",
+                                      "make the word-vector file available at that path") from None
         if word_space.dim != ws_meta["dim"] or word_space.fingerprint != ws_meta["fingerprint"]:
-            raise ValueError(
+            raise CheckpointError(
+                meta_file,
                 f"checkpoint uses word space {ws_meta['name']} ({ws_meta['dim']}-d), "
-                f"not {word_space.name} ({word_space.dim}-d)"
-            )
+                f"not {word_space.name} ({word_space.dim}-d)", "use the word space it was trained with")
         head = None
-        weights = directory / "explainer.safetensors"
-        if meta["explainer"].get("has_head"):
-            if not weights.is_file():
-                raise FileNotFoundError(f"checkpoint {directory} lacks explainer.safetensors")
+        if meta["explainer"]["has_head"]:
             head = ExplainerHead(layer["channels"], ws_meta["dim"])
-            head.load_state_dict(load_file(str(weights)))
-        split = ConceptSplit.from_dict(meta["split"]) if meta.get("split") else None
-        extra = {k: v for k, v in meta.items() if k not in ("format", "version", "model", "layer", "word_space", "explainer", "split")}
-        return cls(model, layer["name"], word_space, kind or meta["explainer"]["kind"], head, split,
-                   meta["explainer"].get("conse_top", 10), extra, meta["explainer"].get("pooling", "mean"))
+            expected = {k: tuple(v.shape) for k, v in head.state_dict().items()}
+            head.load_state_dict(read_weights(directory, meta, expected))
+        try:
+            split = ConceptSplit.from_dict(meta["split"]) if meta.get("split") else None
+        except TypeError:
+            raise CheckpointError(meta_file, "malformed checkpoint metadata: 'split' has unknown fields") from None
+        extra = {k: v for k, v in meta.items()
+                 if k not in ("format", "version", "model", "layer", "word_space", "explainer", "split", "weights")}
+        exp = meta["explainer"]
+        try:
+            return cls(model, layer["name"], word_space, kind or exp["kind"], head, split,
+                       exp.get("conse_top", 10), extra, exp.get("pooling", "mean"))
+        except ValueError as e:
+            if kind:
+                raise
+            raise CheckpointError(meta_file, f"malformed checkpoint metadata: {e}") from None
 
 
 def _jsonable(obj: Any) -> Any:

@@ -6,6 +6,10 @@ key derived from the model's weights, the layer, the preprocessing and the image
 list: any change is a cache miss, never a stale hit. Extraction is resumable (a
 ``done`` mask is saved as it goes) and can be split across processes
 (``rank``/``world_size``), each writing its own rows of the same file.
+
+An entry is checked whenever it is opened (see :mod:`lavise._cache`): a damaged one
+is reported, removed and rebuilt. Two writers of one shard are serialised by a file
+lock; the shards of one entry are filled in parallel.
 """
 
 from __future__ import annotations
@@ -23,6 +27,7 @@ import torch
 from torch.utils.data import DataLoader, Subset
 from tqdm.auto import tqdm
 
+from lavise import _cache
 from lavise._io import save_npy_atomic, write_json_atomic
 from lavise.models import LayerExtractor, TargetModel
 
@@ -30,7 +35,7 @@ logger = logging.getLogger(__name__)
 
 __all__ = ["FeatureStore", "extract_features", "feature_cache_key", "default_cache_dir", "features_with_masks"]
 
-_FORMAT_VERSION = 1
+_FORMAT_VERSION = 2  # 2: shard checksums in meta.json
 
 
 def default_cache_dir() -> Path:
@@ -79,14 +84,22 @@ class FeatureStore:
 
     @classmethod
     def open(cls, path: str | Path) -> "FeatureStore":
-        """Opens a complete cache entry written by :func:`extract_features`."""
+        """Opens a complete cache entry written by :func:`extract_features`.
+
+        Raises:
+            FileNotFoundError: No cache entry at ``path``.
+            lavise._cache.CacheDamaged: The entry's metadata is unreadable, its array
+                disagrees with the metadata, or a shard fails its checksum.
+            ValueError: The entry is incomplete.
+        """
         path = Path(path)
         meta_file = path / "meta.json"
         if not meta_file.is_file():
             raise FileNotFoundError(f"no feature cache at {path}")
-        meta = json.loads(meta_file.read_text())
+        meta = _cache.check_meta(path, _cache.read_json(meta_file), version=_FORMAT_VERSION)
         if not meta.get("complete"):
             raise ValueError(f"feature cache at {path} is incomplete; run the extraction again")
+        _cache.verify_feature_entry(path, meta)
         return cls(path=path, ids=list(meta["ids"]), failed=dict(meta.get("failed", {})), meta=meta)
 
     @property
@@ -127,6 +140,7 @@ class FeatureStore:
             yield torch.from_numpy(rows.copy()), torch.from_numpy(np.asarray(block, dtype=np.float32))
 
 
+@_cache.holding_locks
 def extract_features(
     model: TargetModel,
     layer: str,
@@ -158,6 +172,9 @@ def extract_features(
 
     Returns:
         The store; complete once every shard has finished.
+
+    A damaged cache entry is reported as a warning and rebuilt. A second process
+    filling the same shard waits for the first (file lock), then reuses its result.
     """
     from lavise.datasets import collate
 
@@ -173,17 +190,13 @@ def extract_features(
         raise ValueError("the dataset has no images")
     shape = (info.channels, info.height, info.width)
     meta_file = path / "meta.json"
-    if meta_file.is_file():
-        meta = json.loads(meta_file.read_text())
-        if meta.get("complete"):
-            logger.info("feature cache hit: %s", path)
-            return FeatureStore.open(path)
-    path.mkdir(parents=True, exist_ok=True)
+    _cache.hold(_cache.lock(path / f".shard-{rank}-of-{world_size}", "feature cache shard"))
+    hit = _cache.open_or_prepare(path, key=key, version=_FORMAT_VERSION, shape=(n, *shape), dtype=np.float16,
+                                 rank=rank, world_size=world_size, open_complete=FeatureStore.open)
+    if hit is not None:
+        logger.info("feature cache hit: %s", path)
+        return hit
     feats_file = path / "features.npy"
-    if not feats_file.is_file():
-        tmp = path / "features.npy.tmp"
-        np.lib.format.open_memmap(tmp, mode="w+", dtype=np.float16, shape=(n,) + shape).flush()
-        os.replace(tmp, feats_file)
     done_file = path / f"done-{rank}-of-{world_size}.npy"
     failed_file = path / f"failed-{rank}-of-{world_size}.json"
     done = np.load(done_file) if done_file.is_file() else np.zeros(n, dtype=bool)
@@ -222,24 +235,24 @@ def extract_features(
             bar.close()
     for item_id, err in failed.items():
         logger.warning("skipped unreadable image %s: %s", item_id, err)
-    # Gather shards: complete when every rank's done mask covers the whole list.
-    all_done = np.zeros(n, dtype=bool)
-    all_failed: dict[str, str] = {}
-    for f in path.glob(f"done-*-of-{world_size}.npy"):
-        all_done |= np.load(f)
-    for f in path.glob(f"failed-*-of-{world_size}.json"):
-        all_failed.update(json.loads(f.read_text()))
-    meta = {
-        "version": _FORMAT_VERSION,
-        "key": key,
-        "model": model.meta(),
-        "layer": info.name,
-        "shape": list(shape),
-        "ids": [str(i) for i in dataset.image_ids],
-        "failed": all_failed,
-        "complete": bool(all_done.all()),
-    }
-    write_json_atomic(meta_file, meta)
+    # Gather shards: complete when every rank's done mask covers the whole list and
+    # every shard's checksum is recorded.
+    with _cache.lock(path / ".entry", "feature cache entry"):
+        all_done, all_failed, checksums = _cache.gather_shards(path, out, done, rank, world_size)
+        complete = bool(all_done.all()) and len(checksums) == world_size
+        meta = {
+            "version": _FORMAT_VERSION,
+            "key": key,
+            "model": model.meta(),
+            "layer": info.name,
+            "shape": list(shape),
+            "ids": [str(i) for i in dataset.image_ids],
+            "failed": all_failed,
+            "complete": complete,
+            "world_size": world_size,
+            "checksums": checksums,
+        }
+        write_json_atomic(meta_file, meta)
     if not meta["complete"]:
         logger.info("shard %d/%d done; waiting for the other shards", rank, world_size)
         return FeatureStore(path=path, ids=meta["ids"], failed=all_failed, meta=meta)
@@ -247,7 +260,7 @@ def extract_features(
         raise ValueError("no image of the dataset could be read")
     if all_failed:
         logger.warning("%d of %d images could not be read and were skipped", len(all_failed), n)
-    return FeatureStore.open(path)
+    return FeatureStore(path=path, ids=meta["ids"], failed=all_failed, meta=meta)
 
 
 def features_with_masks(

@@ -45,7 +45,7 @@ __all__ = [
 ]
 
 STATS_METHODS = ("auto", "exact", "sketch")
-_FORMAT_VERSION = 1
+_FORMAT_VERSION = 2  # 2: a checksum of the tensors in the metadata
 
 
 @runtime_checkable
@@ -200,7 +200,7 @@ class FilterStats:
             "top_values": self.top_values.detach().float().cpu().contiguous(),
         }
         meta = {"format": _FORMAT_VERSION, "quantile": self.quantile, "exact": self.exact,
-                "num_images": self.num_images}
+                "num_images": self.num_images, "sha256": _tensors_digest(tensors)}
         fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
         os.close(fd)
         try:
@@ -214,22 +214,63 @@ class FilterStats:
 
     @classmethod
     def load(cls, path: str | Path) -> FilterStats:
-        """Reads statistics written by :meth:`save`."""
+        """Reads statistics written by :meth:`save`, checking shapes and the checksum.
+
+        Raises:
+            ValueError: No such file; or (:class:`lavise._cache.CacheDamaged`) the file is truncated, corrupt,
+                not lavise statistics, of another format version, or fails its checksum.
+        """
         from safetensors import safe_open
+
+        from lavise._cache import CacheDamaged
 
         path = Path(path)
         if not path.is_file():
             raise ValueError(f"filter statistics file not found: {path}")
-        with safe_open(str(path), framework="pt") as f:
-            raw = (f.metadata() or {}).get("lavise")
-            if raw is None:
-                raise ValueError(f"{path} is not a lavise filter statistics file (no 'lavise' metadata)")
+        names = ("thresholds", "image_max", "top_images", "top_values")
+        try:
+            with safe_open(str(path), framework="pt") as f:
+                raw = (f.metadata() or {}).get("lavise")
+                keys = set(f.keys())
+                t = {k: f.get_tensor(k) for k in names if k in keys}
+        except Exception as e:  # safetensors raises its own SafetensorError and OSError
+            raise CacheDamaged(path, f"unreadable safetensors file ({str(e).strip() or type(e).__name__})") from None
+        if raw is None:
+            raise CacheDamaged(path, "not a lavise filter statistics file (no 'lavise' metadata)")
+        try:
             meta = json.loads(raw)
-            if meta.get("format") != _FORMAT_VERSION:
-                raise ValueError(f"{path}: unsupported filter statistics format {meta.get('format')!r}")
-            t = {k: f.get_tensor(k) for k in ("thresholds", "image_max", "top_images", "top_values")}
-        return cls(quantile=float(meta["quantile"]), exact=bool(meta["exact"]),
-                   num_images=int(meta["num_images"]), **t)
+        except ValueError:
+            raise CacheDamaged(path, "its 'lavise' metadata is not JSON") from None
+        if not isinstance(meta, dict) or meta.get("format") != _FORMAT_VERSION:
+            got = meta.get("format") if isinstance(meta, dict) else None
+            raise CacheDamaged(path, f"filter statistics format {got!r}, this lavise reads {_FORMAT_VERSION}")
+        if len(t) != len(names):
+            raise CacheDamaged(path, f"lacks the tensors {', '.join(sorted(set(names) - set(t)))}")
+        if meta.get("sha256") != _tensors_digest(t):
+            raise CacheDamaged(path, "fails its checksum")
+        d = t["thresholds"].shape[0] if t["thresholds"].ndim == 1 else -1
+        k = t["top_images"].shape[-1] if t["top_images"].ndim == 2 else -1
+        if (d < 0 or k < 0 or t["image_max"].ndim != 2 or t["image_max"].shape[1] != d
+                or t["top_images"].shape != (d, k) or t["top_values"].shape != (d, k)):
+            raise CacheDamaged(path, "tensor shapes disagree: " + ", ".join(
+                f"{n} {tuple(v.shape)}" for n, v in t.items()))
+        try:
+            return cls(quantile=float(meta["quantile"]), exact=bool(meta["exact"]),
+                       num_images=int(meta["num_images"]), **t)
+        except (KeyError, TypeError, ValueError):
+            raise CacheDamaged(path, "its 'lavise' metadata lacks quantile, exact or num_images") from None
+
+
+def _tensors_digest(tensors: dict[str, torch.Tensor]) -> str:
+    """SHA-256 over the named tensors' dtypes, shapes and bytes, in name order."""
+    import hashlib
+
+    h = hashlib.sha256()
+    for name in sorted(tensors):
+        t = tensors[name].detach().cpu().contiguous()
+        h.update(f"{name}:{t.dtype}:{tuple(t.shape)}\n".encode())
+        h.update(t.view(torch.uint8).numpy().tobytes() if t.numel() else b"")
+    return h.hexdigest()
 
 
 def fires(activations: torch.Tensor, thresholds: torch.Tensor) -> torch.Tensor:

@@ -362,16 +362,25 @@ def _cache_paths(path: Path) -> list[Path]:
 
 
 def _read_cache(cache: Path, size: int, mtime_ns: int) -> tuple[list[str], np.ndarray] | None:
+    """The cached ``(words, vectors)``, or None when the cache is stale or damaged.
+
+    A stale cache (of another version of the text file) is silently replaced; a
+    damaged one (unreadable, failed zip CRC, counts that disagree) is reported.
+    """
+    from lavise._cache import CacheDamaged, report
+
     try:
         with np.load(cache, allow_pickle=False) as z:
             meta = z["meta"]
             if meta.tolist() != [_CACHE_VERSION, size, mtime_ns]:
+                logger.info("word-vector cache %s is stale; parsing the text file again", cache)
                 return None
             words = z["words"].tobytes().decode("utf-8").split("\n")
             vectors = z["vectors"]
-    except (OSError, KeyError, ValueError):
-        return None
-    if len(words) != len(vectors):
+        if vectors.ndim != 2 or len(words) != len(vectors):
+            raise ValueError(f"{len(words)} words but vectors of shape {vectors.shape}")
+    except Exception as e:  # OSError, BadZipFile (failed CRC), KeyError, ValueError, EOFError...
+        report(CacheDamaged(cache, f"unreadable word-vector cache ({str(e).strip() or type(e).__name__})"))
         return None
     return words, vectors
 
@@ -477,15 +486,20 @@ def load_text_word_space(path: str | os.PathLike, *, use_cache: bool = True) -> 
         raise FileNotFoundError(f"word-vector file not found: {path}")
     st = p.stat()
     caches = _cache_paths(p)
-    if use_cache:
+    if not use_cache:
+        words, vectors = _parse_text(p)
+        return WordSpace(str(p), words, vectors)
+    from lavise._cache import lock
+
+    # One process parses and writes the cache; another waits, then reads it.
+    with lock(caches[1].with_suffix(""), "word-vector cache", required=False):
         for cache in caches:
             if cache.is_file():
                 hit = _read_cache(cache, st.st_size, st.st_mtime_ns)
                 if hit is not None:
                     logger.info("loaded word vectors for %s from cache %s", p, cache)
                     return WordSpace(str(p), hit[0], hit[1])
-    logger.info("parsing word vectors %s (first load; cached afterwards)", p)
-    words, vectors = _parse_text(p)
-    if use_cache:
+        logger.info("parsing word vectors %s (first load; cached afterwards)", p)
+        words, vectors = _parse_text(p)
         _write_cache(caches, words, vectors, st.st_size, st.st_mtime_ns)
     return WordSpace(str(p), words, vectors)
