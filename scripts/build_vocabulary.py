@@ -129,7 +129,9 @@ MIN_VISUAL_FRACTION = 0.25
 # An inflected form ("parts", "felt", "larger") is dropped when its tag count is below
 # this fraction of its base word's.
 INFLECTION_RATIO = 0.2
-DEFAULT_OUT = Path(__file__).resolve().parents[1] / "src" / "lavise" / "data" / "vocabulary.tsv"
+DATA = Path(__file__).resolve().parents[1] / "src" / "lavise" / "data"
+DEFAULT_OUT = DATA / "vocabulary.tsv"
+DEFAULT_BLOCKLIST = DATA / "blocklist.tsv"
 
 
 @dataclass
@@ -140,6 +142,8 @@ class Synset:
     ss_type: str
     words: list[tuple[str, int]]  # (form as written, lex_id)
     pointers: list[tuple[str, str, str]] = field(default_factory=list)  # (symbol, offset, pos)
+    sources: list[int] = field(default_factory=list)  # per pointer: source word number, 0 = all
+    gloss: str = ""
 
     @property
     def instance(self) -> bool:
@@ -153,14 +157,17 @@ def parse_data(path: Path, pos: str) -> dict[str, Synset]:
         for line in f:
             if line.startswith("  "):
                 continue
-            fields = line.split(" | ", 1)[0].split()
+            head, _, gloss = line.partition(" | ")
+            fields = head.split()
             offset, lexnum, ss_type, w_cnt = fields[0], int(fields[1]), fields[2], int(fields[3], 16)
             words = [(fields[4 + 2 * i], int(fields[5 + 2 * i], 16)) for i in range(w_cnt)]
             i = 4 + 2 * w_cnt
             p_cnt = int(fields[i])
             ptrs = [(fields[i + 1 + 4 * j], fields[i + 2 + 4 * j], fields[i + 3 + 4 * j])
                     for j in range(p_cnt)]
-            synsets[offset] = Synset(offset, pos, LEXNAMES[lexnum], ss_type, words, ptrs)
+            sources = [int(fields[i + 4 + 4 * j][:2], 16) for j in range(p_cnt)]
+            synsets[offset] = Synset(offset, pos, LEXNAMES[lexnum], ss_type, words, ptrs, sources,
+                                     gloss.strip())
     return synsets
 
 
@@ -404,17 +411,208 @@ def build(wordnet: Path, min_zipf: float) -> list[tuple[str, str, str, float, fl
     return sorted(rows.values(), key=lambda r: (-r[4], r[0]))
 
 
+# --- The blocklist of offensive words (src/lavise/data/blocklist.tsv) ----------------------
+#
+# Four steps, each logged with its count:
+#   1. WordNet usage labels: lemmas of synsets (or, for lexical pointers, the one lemma) with
+#      a usage-domain pointer (";u") to one of USAGE_DOMAINS.
+#   2. WordNet gloss labels: synsets whose gloss says the word is a slur or an offensive,
+#      obscene, vulgar, derogatory or disparaging term (GLOSS_MARKERS); when the gloss quotes
+#      `lemmas', only those.
+#   Lemmas from 1-2 whose offensive senses carry less than OFFENSIVE_MIN_SHARE of their sense
+#   weight (SemCor counts, all parts of speech) are kept off the list: "spade", "boy",
+#   "shrimp", "colored" are first of all ordinary words. Each is logged.
+#   3. better-profanity 0.7.0's profanity_wordlist.txt, less EXEMPT (reviewed).
+#   4. SUPPLEMENT: reviewed slurs and obscenities that 1-3 miss.
+# Noun lemmas also get their regular plural. Entries are normalised by blocklist_key().
+
+# Usage-domain synsets whose members are offensive (lemma, sense number). WordNet 3.0 also
+# labels words "slang", "colloquialism", "trade name"...: not offensive in themselves (pot,
+# suit, juice), so those count only through their glosses (step 2).
+USAGE_DOMAINS = [("ethnic_slur", 1), ("obscenity", 2), ("disparagement", 1)]
+GLOSS_MARKERS = re.compile(
+    r"\(ethnic slur\)"
+    r"|\((?:[a-z ]+ )?(?:offensive|vulgar|obscene|derogatory|disparaging)(?: [a-z ]+)?\)"
+    r"|\b(?:offensive|derogatory|disparaging|obscene|vulgar|pejorative|insulting)"
+    r"(?: (?:and|or) (?:offensive|derogatory|disparaging|obscene|vulgar|insulting))?"
+    r" (?:terms?|names?|words?|slang|expression)(?: used)? (?:for|of|to refer)\b"
+    r"|\bterm\b[^;\"]*\b(?:considered|regarded as) offensive\b",
+    re.IGNORECASE,
+)
+OFFENSIVE_MIN_SHARE = 0.25
+# Words of better-profanity's list (and one WordNet lemma) whose ordinary meaning is a plain
+# object, food, place, material or action a picture shows, or an identity term that is not a
+# slur. Reviewed by hand; everything else on the lists is blocked.
+EXEMPT = {
+    "sanatorium": "a hospital; WordNet files it with 'pejorative terms' for an asylum",
+    "shrimp": "a crustacean, a food", "taco": "a food", "mongrel": "a dog",
+    "pouf": "a cushion seat", "dike": "a levee (the slur is mostly spelled dyke)",
+    # objects, food, drink, materials, places, plants
+    "pot": "cooking pot, flower pot", "rum": "a drink", "vodka": "a drink", "organ": "musical "
+    "instrument, body organ", "strip": "a narrow piece", "screw": "a fastener", "slope": "a hillside",
+    "knob": "a handle", "flange": "a rim on a pipe or wheel", "pawn": "a chess piece",
+    "sandbar": "a bank of sand", "hookah": "a water pipe", "hemp": "a plant, a fibre",
+    "fat": "a food, a body tissue", "dummy": "a mannequin", "facial": "of the face",
+    "hump": "a camel's hump", "weed": "a wild plant", "pasty": "a pastry", "pastie": "a pastry",
+    "urinal": "a fixture", "wad": "a small mass", "loin": "a cut of meat", "loins": "meat cuts",
+    "maxi": "a long skirt", "revue": "a stage show", "woody": "woody plants", "seaman": "a sailor",
+    "seamen": "sailors", "stroke": "a brush stroke, a swimming stroke", "thrust": "a push",
+    "cowgirl": "a ranch hand", "cowgirls": "ranch hands", "cow girl": "a ranch hand",
+    "erect": "upright", "napalm": "an incendiary", "uzi": "a gun",
+    # identity terms that are not slurs (blocking them would hide them from bias audits)
+    "gay": "identity term", "gays": "identity term", "lesbians": "identity term",
+}
+# Reviewed slurs and obscenities that WordNet and better-profanity miss (checked against
+# both on 2026-11-23); plurals are added for the nouns.
+SUPPLEMENT = """
+    tranny trannie shemales ladyboy poofter faggy twink lezza raghead towelhead
+    sandnigger beaner sambo golliwog gollywog zipperhead chinky slanteye slopehead squaw
+    halfbreed mulatto octoroon quadroon negress abo boong gypo gyppo jewboy shylock
+    cholo hunky bohunk retards spaz spastic mongoloid cripple midget thot
+    bollocks bugger buggery asswipe pornographic
+""".split()
+
+
+def blocklist_key(word: str) -> str:
+    """The form blocklist entries and vocabulary words are compared in (lowercase, spaces and
+    hyphens as underscores), as ``lavise.vocabulary.blocklist_key`` does."""
+    return re.sub(r"[\s\-]+", "_", word.strip().lower())
+
+
+def plural(word: str) -> str:
+    if re.search(r"(s|x|z|ch|sh)$", word):
+        return word + "es"
+    if re.search(r"[^aeiou]y$", word):
+        return word[:-1] + "ies"
+    return word + "s"
+
+
+def profanity_words() -> list[str]:
+    """better-profanity's word list (``pip install better-profanity==0.7.0``)."""
+    from importlib import resources
+
+    try:
+        text = resources.files("better_profanity").joinpath("profanity_wordlist.txt").read_text("utf-8")
+    except ModuleNotFoundError as exc:
+        raise SystemExit("the blocklist needs better-profanity: pip install 'lavise[vocab]'") from exc
+    return [w.strip() for w in text.splitlines() if w.strip()]
+
+
+def build_blocklist(wordnet: Path) -> dict[str, set[str]]:
+    """Offensive words -> the sources that list them (see the section comment)."""
+    data = {p: parse_data(wordnet / f"data.{name}", p)
+            for p, name in (("n", "noun"), ("a", "adj"), ("v", "verb"), ("r", "adv"))}
+    indexes = {p: parse_index(wordnet / f"index.{name}")
+               for p, name in (("n", "noun"), ("a", "adj"), ("v", "verb"), ("r", "adv"))}
+    counts = parse_counts(wordnet / "cntlist.rev")
+    digits = {"n": "1", "v": "2", "a": "3", "r": "4"}
+    domains = set()
+    for lemma, sense in USAGE_DOMAINS:
+        offs = indexes["n"].get(lemma, [])
+        if len(offs) < sense:
+            raise ValueError(f"WordNet has no noun {lemma}#{sense}")
+        domains.add(offs[sense - 1])
+    logger.info("usage domains: %s", "; ".join(f"{lemma}#{sense} ({data['n'][indexes['n'][lemma][sense - 1]].gloss[:40]})"
+                                               for lemma, sense in USAGE_DOMAINS))
+    # (lemma, pos) -> offensive synset offsets, per step
+    found: dict[str, dict[tuple[str, str], set[str]]] = {"wordnet-usage": defaultdict(set),
+                                                         "wordnet-gloss": defaultdict(set)}
+    for pos, synsets in data.items():
+        for s in synsets.values():
+            for (sym, off, ppos), src in zip(s.pointers, s.sources):
+                if sym == ";u" and ppos == "n" and off in domains:
+                    lemmas = [s.words[src - 1][0]] if src else [w for w, _ in s.words]
+                    for lemma in lemmas:
+                        found["wordnet-usage"][(lemma.lower(), pos)].add(s.offset)
+            if GLOSS_MARKERS.search(s.gloss):
+                quoted = set(re.findall(r"`([^']+)'", s.gloss))
+                own = [w for w, _ in s.words if re.sub(r"\(.*\)$", "", w) in quoted] or [w for w, _ in s.words]
+                for lemma in own:
+                    found["wordnet-gloss"][(re.sub(r"\(.*\)$", "", lemma).lower(), pos)].add(s.offset)
+    out: dict[str, set[str]] = defaultdict(set)
+    union: dict[tuple[str, str], set[str]] = defaultdict(set)
+    for lemmas in found.values():
+        for key, offs in lemmas.items():
+            union[key] |= offs
+    shares = {key: offensive_share(key[0], key[1], offs, data, indexes, counts, digits)
+              for key, offs in union.items()}
+    for source, lemmas in found.items():
+        kept, ordinary = 0, []
+        for key in sorted(lemmas):
+            lemma, pos = key
+            if shares[key] < OFFENSIVE_MIN_SHARE or lemma in EXEMPT:
+                ordinary.append(f"{lemma} ({shares[key]:.2f})")
+                continue
+            kept += 1
+            out[blocklist_key(lemma)].add(source)
+            if pos == "n":
+                out[blocklist_key(plural(lemma))].add(source)
+        logger.info("blocklist step %s: %d lemmas; %d more whose offensive senses are minor "
+                    "(share < %.2f) stay off the list: %s", source, kept, len(ordinary),
+                    OFFENSIVE_MIN_SHARE, ", ".join(ordinary))
+    profanity = profanity_words()
+    exempt = [w for w in profanity if w in EXEMPT]
+    for w in profanity:
+        if w not in EXEMPT:
+            out[blocklist_key(w)].add("better-profanity")
+    logger.info("blocklist step better-profanity: %d of %d words (%d reviewed exemptions: %s)",
+                len(profanity) - len(exempt), len(profanity), len(exempt), ", ".join(exempt))
+    already = [w for w in SUPPLEMENT if blocklist_key(w) in out]
+    for w in SUPPLEMENT:
+        for form in {w} if w.endswith("s") else {w, plural(w)}:
+            out[blocklist_key(form)].add("supplement")
+    logger.info("blocklist step supplement: %d words (%d of them already listed by the steps "
+                "above: %s)", len(SUPPLEMENT), len(already), ", ".join(already))
+    logger.info("blocklist: %d entries", len(out))
+    return dict(out)
+
+
+def offensive_share(lemma: str, pos: str, offensive: set[str], data: dict, indexes: dict,
+                    counts: dict, digits: dict[str, str]) -> float:
+    """Share of ``lemma``'s sense weight (SemCor count + rank prior, over every part of
+    speech) held by its ``offensive`` senses in ``pos``; 1.0 when WordNet does not index it."""
+    total = bad = 0.0
+    key = lemma.replace(" ", "_")
+    for p, index in indexes.items():
+        offs = index.get(key, [])
+        if not offs:
+            continue
+        for off, w in zip(offs, sense_weights(key, offs, data[p], counts, digits[p])):
+            total += w
+            if p == pos and off in offensive:
+                bad += w
+    return 1.0 if total == 0 else bad / total
+
+
+def write_blocklist(entries: dict[str, set[str]], out: Path) -> None:
+    with open(out, "w", encoding="utf-8") as f:
+        f.write("# Offensive words never used in explanations unless --allow-offensive. Built by\n"
+                "# python scripts/build_vocabulary.py (WordNet 3.0 usage and gloss labels,\n"
+                "# better-profanity 0.7.0, a reviewed supplement; see VOCABULARY-ATTRIBUTION.md).\n")
+        f.write("word\tsources\n")
+        for word in sorted(entries):
+            f.write(f"{word}\t{','.join(sorted(entries[word]))}\n")
+    logger.info("wrote %d blocklist entries to %s", len(entries), out)
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--wordnet", type=Path, default=Path("/usr/share/wordnet"))
     parser.add_argument("--min-zipf", type=float, default=1.5)
     parser.add_argument("--out", type=Path, default=DEFAULT_OUT)
+    parser.add_argument("--blocklist-out", type=Path, default=DEFAULT_BLOCKLIST)
+    parser.add_argument("--blocklist-only", action="store_true", help="build only the blocklist")
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(message)s")
     if not (args.wordnet / "data.noun").is_file():
         raise FileNotFoundError(f"WordNet database not found in {args.wordnet} "
                                 "(install the Debian package wordnet-base)")
-    rows = build(args.wordnet, args.min_zipf)
+    blocked = build_blocklist(args.wordnet)
+    args.blocklist_out.parent.mkdir(parents=True, exist_ok=True)
+    write_blocklist(blocked, args.blocklist_out)
+    if args.blocklist_only:
+        return 0
+    rows = build(args.wordnet, args.min_zipf, blocked=set(blocked))
     args.out.parent.mkdir(parents=True, exist_ok=True)
     with open(args.out, "w", encoding="utf-8") as f:
         f.write(f"# built by: python scripts/build_vocabulary.py --min-zipf {args.min_zipf} "
