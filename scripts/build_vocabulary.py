@@ -59,22 +59,53 @@ LEXNAMES = [
     "verb.social", "verb.stative", "verb.weather", "adj.ppl",
 ]
 
-# Noun lexicographer files whose senses are visual as a whole.
+# Noun lexicographer files whose senses are visual as a whole (noun.substance and
+# noun.body only outside the jargon below / inside the visible-part roots).
 VISUAL_NOUN_FILES = {
     "noun.artifact", "noun.animal", "noun.food", "noun.plant", "noun.object",
-    "noun.substance", "noun.body", "noun.shape",
+    "noun.substance", "noun.shape", "noun.body",
 }
 # Files visual only below given hypernyms (lemma of the root synset, sense number).
 ROOTED_NOUN_FILES = {
-    "noun.Tops": [("physical_entity", 1)],
+    "noun.Tops": [("organism", 1), ("food", 1)],
     "noun.phenomenon": [("physical_phenomenon", 1)],
     "noun.act": [("sport", 1)],
     "noun.location": [("geographical_area", 1), ("tract", 1), ("point", 2)],
     "noun.group": [("crowd", 1), ("herd", 1), ("flock", 1), ("vegetation", 1),
-                   ("forest", 1), ("people", 1), ("team", 1), ("audience", 1)],
+                   ("forest", 1), ("team", 1), ("audience", 1)],
+    # colours and textures
+    "noun.attribute": [("color", 1), ("texture", 1)],
+    # people a picture can show by sport, uniform, vehicle or instrument (not reader,
+    # customer, voter, author: roles no picture shows)
+    "noun.person": [("athlete", 1), ("player", 1), ("swimmer", 2), ("rider", 1),
+                    ("serviceman", 1), ("lawman", 1), ("cook", 1), ("musician", 1),
+                    ("dancer", 1), ("farmer", 1), ("cowboy", 1), ("clown", 1), ("bride", 1),
+                    ("groom", 1), ("groom", 3), ("firefighter", 1), ("waiter", 1), ("nurse", 1),
+                    ("driver", 1), ("pedestrian", 1), ("passenger", 1), ("tourist", 1)],
 }
-# noun.person senses count only for lemmas at least this frequent (man, woman, player).
-PERSON_MIN_ZIPF = 3.5
+# ... and people by age and sex: these synsets themselves, not their hyponyms (which hold
+# bachelor, widow, patriarch).
+PERSON_SYNSETS = [("man", 1), ("woman", 1), ("male_child", 1), ("girl", 1), ("girl", 2),
+                  ("child", 1), ("baby", 1), ("juvenile", 1), ("adult", 1), ("male", 2),
+                  ("female", 2), ("teenager", 1), ("toddler", 1), ("kid", 1), ("lady", 1),
+                  ("gentleman", 1), ("old_man", 1), ("old_woman", 1), ("people", 1)]
+# Body parts are visual except organs, cells, tissues and secretions (gonad, humour).
+HIDDEN_BODY_ROOTS = [("internal_organ", 1), ("gland", 1), ("body_substance", 1),
+                     ("neural_structure", 1), ("nerve", 1), ("blood_vessel", 1), ("membrane", 2),
+                     ("cell", 2)]
+# Chemical and biological jargon no filter can show (scopolamine, transferase, carbon,
+# bacterium): senses below these roots are never visual, whatever their file...
+JARGON_ROOTS = [("organic_compound", 1), ("molecule", 1), ("hormone", 1), ("drug", 1),
+                ("atom", 1), ("atom", 2), ("acid", 1), ("microorganism", 1),
+                ("chemical_element", 1)]
+# ... except below these (metals: gold, iron, copper).
+JARGON_EXCEPT = [("metallic_element", 1), ("beverage", 1), ("tobacco", 1), ("wax", 1)]
+# Broad taxa (metazoan, chordate, angiosperm): animal and plant senses with at least this
+# many hyponyms are visual only for words at least BROAD_TAXON_MIN_ZIPF frequent (bird, fish).
+BROAD_TAXON_HYPONYMS = 50
+BROAD_TAXON_MIN_ZIPF = 3.0
+# noun.person senses count only for lemmas at least this frequent.
+PERSON_MIN_ZIPF = 3.0
 # Appearance attribute nouns (lemma, sense number) whose hyponyms define adjectives.
 APPEARANCE_ATTRIBUTES = [
     ("visual_property", 1), ("texture", 1), ("shape", 1), ("size", 1), ("color", 1),
@@ -86,10 +117,12 @@ APPEARANCE_ATTRIBUTES = [
 ADJ_SOURCE_FILES = {"noun.substance", "noun.shape", "noun.animal"}
 # Common words that WordNet lists as concrete nouns but that GloVe learns mostly as
 # first names or evaluative words (GloVe 6B is lowercased, so case cannot tell).
-BLOCKLIST = frozenset("""
+# ... and pronoun-like nouns and taxon names that no picture shows.
+NAMES_AND_EVALUATIVES = frozenset("""
     mike dick bill bob pat sue jack frank mark ray rob don tom jerry billy bobby peter
     trump bush john jimmy johnny willy nick chuck hank rod carl gene sandy woody
     sam max ben sub ha die holy sir da ma mac matt miss premier liberal
+    someone somebody anyone anybody everyone everybody nobody metazoan
     great good nice fine grand lovely dear mine yours ours hers his her its their
 """.split())
 # Plurals and other inflected forms kept although their base word is also a lemma.
@@ -282,7 +315,8 @@ def is_proper(lemma: str, s: Synset) -> bool:
     return s.instance or bool(forms) and all(f[:1].isupper() and not f.isupper() for f in forms)
 
 
-def build(wordnet: Path, min_zipf: float) -> list[tuple[str, str, str, float, float]]:
+def build(wordnet: Path, min_zipf: float, blocked: set[str] = frozenset()
+          ) -> list[tuple[str, str, str, float, float]]:
     from wordfreq import zipf_frequency
 
     from lavise.wordspace import load_word_space
@@ -325,12 +359,32 @@ def build(wordnet: Path, min_zipf: float) -> list[tuple[str, str, str, float, fl
     hyponym = ("~", "~i")
     rooted = {lex: closure(nouns, roots(r), hyponym) for lex, r in ROOTED_NOUN_FILES.items()}
     appearance = closure(nouns, roots(APPEARANCE_ATTRIBUTES), hyponym)
+    jargon = closure(nouns, roots(JARGON_ROOTS), hyponym) - closure(nouns, roots(JARGON_EXCEPT), hyponym)
+    below: dict[str, int] = {}
+
+    def descendants(off: str) -> int:  # hyponyms at any depth (a DAG: shared ones twice)
+        if off not in below:
+            below[off] = 0
+            below[off] = sum(1 + descendants(o) for sym, o, _ in nouns[off].pointers if sym in hyponym)
+        return below[off]
+
+    taxa = {off for off, s in nouns.items() if s.lexname in ("noun.animal", "noun.plant")
+            and descendants(off) >= BROAD_TAXON_HYPONYMS}
+    hidden = closure(nouns, roots(HIDDEN_BODY_ROOTS), hyponym)
+    people = roots(PERSON_SYNSETS)
+    logger.info("%d jargon synsets, %d broad taxa, %d hidden body parts", len(jargon), len(taxa), len(hidden))
 
     def visual_noun(s: Synset, zipf: float) -> bool:
+        if s.offset in jargon or s.offset in hidden:
+            return False
+        if s.offset in people:
+            return True
+        if s.offset in taxa and zipf < BROAD_TAXON_MIN_ZIPF:
+            return False
+        if s.lexname == "noun.person" and zipf < PERSON_MIN_ZIPF:
+            return False
         if s.lexname in VISUAL_NOUN_FILES:
             return True
-        if s.lexname == "noun.person":
-            return zipf >= PERSON_MIN_ZIPF
         return s.offset in rooted.get(s.lexname, ())
 
     def adj_direct(s: Synset) -> bool:
@@ -354,38 +408,53 @@ def build(wordnet: Path, min_zipf: float) -> list[tuple[str, str, str, float, fl
         return s.ss_type == "s" and any(sym == "&" and o in heads for sym, o, _ in s.pointers)
 
     rows: dict[str, tuple[str, str, str, float, float]] = {}
-    stats: dict[str, int] = defaultdict(int)
+    # Each candidate (lemma, part of speech) stops at the first step it fails; counted per step.
+    stats: dict[tuple[str, str], int] = defaultdict(int)
 
-    def consider(lemma: str, pos: str, offsets: list[str], synsets: dict[str, Synset],
-                 ss_digit: str, test) -> None:
-        if not TOKEN_RE.match(lemma) or lemma in STOPWORDS or lemma not in glove:
-            return
-        if lemma in BLOCKLIST:
-            return
+    def step(lemma: str, pos: str, test) -> str | None:
+        """The first selection step ``lemma`` fails as ``pos``, or None (kept)."""
+        if not TOKEN_RE.match(lemma):
+            return "1 not a single lowercase word"
+        if lemma in STOPWORDS or lemma in NAMES_AND_EVALUATIVES:
+            return "2 function word, first name or evaluative word"
+        if lemma not in glove:
+            return "3 not in GloVe 6B"
+        if blocklist_key(lemma) in blocked:
+            return "4 offensive (blocklist)"
         if lemma not in KEEP_INFLECTED:
             own = sum(by_pos[lemma].values())
             for base, ratio in inflection_bases(lemma, all_indexes, exceptions).items():
                 if own + 1 < ratio * (sum(by_pos[base].values()) + 1):
-                    stats["inflected"] += 1
-                    return
+                    return "5 inflection of a more frequent lemma"
         if not pos_ok(lemma, pos):
-            stats["other-pos"] += 1
-            return
-        zipf = zipf_frequency(lemma, "en")
-        if zipf < min_zipf:
-            stats["rare"] += 1
-            return
-        weights = sense_weights(lemma, offsets, synsets, counts, ss_digit)
-        total = sum(weights)
-        senses = [synsets[o] for o in offsets]
+            return "6 mostly another part of speech"
+        if zipf_frequency(lemma, "en") < min_zipf:
+            return f"7 rare (Zipf < {min_zipf})"
+        senses = [synsets_of[pos][o] for o in index_of[pos][lemma]]
         proper = sum(1 for s in senses if is_proper(lemma, s))
         if proper > len(senses) - proper:
-            stats["proper"] += 1
+            return "8 mostly a proper name"
+        return None
+
+    synsets_of = {"n": nouns, "a": adjs}
+    index_of = {"n": noun_index, "a": adj_index}
+
+    def consider(lemma: str, pos: str, offsets: list[str], synsets: dict[str, Synset],
+                 ss_digit: str, test) -> None:
+        failed = step(lemma, pos, test)
+        if failed is None:
+            zipf = zipf_frequency(lemma, "en")
+            weights = sense_weights(lemma, offsets, synsets, counts, ss_digit)
+            total = sum(weights)
+            senses = [synsets[o] for o in offsets]
+            visual = [test(s) and not is_proper(lemma, s) for s in senses]
+            frac = sum(w for w, v in zip(weights, visual) if v) / total
+            if not (any(visual[:MAX_VISUAL_RANK]) or frac >= MIN_VISUAL_FRACTION):
+                failed = "9 no visual sense among the first senses"
+        if failed is not None:
+            stats[(pos, failed)] += 1
             return
-        visual = [test(s) and not is_proper(lemma, s) for s in senses]
-        frac = sum(w for w, v in zip(weights, visual) if v) / total
-        if not (any(visual[:MAX_VISUAL_RANK]) or frac >= MIN_VISUAL_FRACTION):
-            return
+        stats[(pos, "kept")] += 1
         best = max((w, s.lexname) for w, s, v in zip(weights, senses, visual) if v)[1]
         score = round(zipf * (0.5 + 0.5 * frac), 4)
         if lemma not in rows or rows[lemma][4] < score:
@@ -399,12 +468,14 @@ def build(wordnet: Path, min_zipf: float) -> list[tuple[str, str, str, float, fl
             consider(lemma, "a", offsets, adjs, "3", visual_adj)
     for pos, seeds in (("a", SEED_ADJECTIVES), ("n", SEED_NOUNS)):
         for lemma in seeds:
-            if lemma in rows or lemma not in glove or lemma in BLOCKLIST:
+            if lemma in rows or lemma not in glove or blocklist_key(lemma) in blocked:
                 continue
             zipf = zipf_frequency(lemma, "en")
             rows[lemma] = (lemma, pos, "seed", zipf, round(zipf * 0.75, 4))
-    logger.info("skipped %d rare, %d proper-name, %d inflected and %d mostly-other-POS "
-                "lemmas", stats["rare"], stats["proper"], stats["inflected"], stats["other-pos"])
+            stats[(pos, "seed")] += 1
+    for pos, name in (("n", "nouns"), ("a", "adjectives")):
+        for key in sorted(k for k in stats if k[0] == pos):
+            logger.info("%s step %-48s %6d", name, key[1], stats[key])
     missing = [w for w in rows if w not in glove]
     if missing:
         raise ValueError(f"{len(missing)} vocabulary words are not in GloVe 6B: {missing[:10]}")
