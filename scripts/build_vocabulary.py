@@ -1,38 +1,71 @@
 #!/usr/bin/env python
-"""Builds the default explanation vocabulary, ``src/lavise/data/vocabulary.tsv``.
+"""Builds the default explanation vocabulary and the offensive-word blocklist.
 
-The vocabulary holds concrete, visual single words: nouns for objects, parts, animals,
-food, plants, materials, shapes, scenes and people, and appearance adjectives (colour,
-texture, shape, size, material). It is built from the WordNet 3.0 database files
-(Debian package ``wordnet-base``, ``/usr/share/wordnet``), word frequencies from
-``wordfreq`` and the words of the default GloVe space, so that *using* the vocabulary
-needs none of them.
+Writes ``src/lavise/data/vocabulary.tsv`` (the default vocabulary) and
+``src/lavise/data/blocklist.tsv`` (words never used in explanations unless
+``--allow-offensive``), from the WordNet 3.0 database files (Debian package
+``wordnet-base``, ``/usr/share/wordnet``), word frequencies from ``wordfreq``,
+better-profanity 0.7.0's word list and the words of the default GloVe space, so that
+*using* either file needs none of them (``pip install 'lavise[vocab]'`` to rebuild).
+Every step logs its count; the counts of the shipped files are below.
 
-Selection, per lemma:
+**Blocklist** (1,225 entries, each with the sources that list it):
 
-* Single lowercase alphabetic tokens (hyphens allowed) present in GloVe 6B.
-* Each WordNet sense is weighted by its SemCor tag count (``cntlist.rev``) plus a small
-  rank-based prior; the *visual fraction* is the weight of visual senses.
-* Visual noun senses: lexicographer files noun.artifact, animal, food, plant, object,
-  substance, body, shape; noun.person (only for frequent words); noun.Tops under
-  physical_entity; noun.phenomenon under physical_phenomenon (weather, fire, light);
-  noun.act under sport; noun.location under geographical_area / structure-like areas;
-  noun.group under a few collections of people/animals/plants (crowd, herd, forest).
-* Appearance adjective senses: linked (attribute ``=`` or derivation ``+``) to an
-  appearance attribute (visual property, texture, shape, size, ...) or derived from a
-  material/shape/body-covering noun, plus the satellites of such head adjectives.
-* Lemmas whose senses are mostly proper names (capitalised forms or instances, e.g.
-  ``john``, ``china``) are dropped.
+1. WordNet usage labels: lemmas with a usage-domain pointer to ``ethnic_slur``,
+   ``obscenity`` (the word sense) or ``disparagement`` (128 lemmas). WordNet's other usage
+   domains (slang, colloquialism, trade name...) are not offensive in themselves.
+2. WordNet gloss labels: synsets whose gloss calls the word an ethnic slur or an
+   offensive, obscene, vulgar, derogatory or disparaging term (``GLOSS_MARKERS``; 155
+   lemmas). In 1 and 2 a lemma whose offensive senses hold less than a quarter of its
+   SemCor-weighted senses stays off the list (26 such: boy, spade, queen, colored...), as
+   do a few reviewed ordinary words (``EXEMPT``: shrimp, taco, dike...).
+3. better-profanity's ``profanity_wordlist.txt`` (MIT licence): 876 of its 916 entries;
+   40 reviewed exemptions (pot, rum, screw, slope, organ, gay...; ``EXEMPT``).
+4. ``SUPPLEMENT``: 46 reviewed slurs and obscenities that 1-3 miss (tranny, raghead,
+   beaner...). Nouns also get their regular plural; entries are compared lowercase, with
+   spaces and hyphens as underscores.
 
-A lemma is kept when a visual sense is among its three most frequent senses or its
-visual fraction is at least 0.25, it is not mostly an adjective/adverb (for nouns) or
-an inflection of a more frequent lemma, and its Zipf frequency is at least
-``--min-zipf``. Score =
-``zipf * (0.5 + 0.5 * visual_fraction)``; rows are sorted by score, best first.
+**Vocabulary** (10,877 words: 10,184 nouns, 693 adjectives). Each WordNet noun and
+adjective lemma goes through these steps and stops at the first it fails (counts for
+nouns / adjectives):
+
+1. a single lowercase alphabetic token (62,633 / 3,614 fail);
+2. not a function word, first name, evaluative or pronoun-like word (108 / 58);
+3. in GloVe 6B (16,644 / 4,908);
+4. not on the blocklist (309 / 69);
+5. not an inflection of a more frequent lemma (1,327 / 1,172);
+6. mostly this part of speech, by SemCor counts (873 / 65);
+7. Zipf frequency >= ``--min-zipf`` 1.5 (4,835 / 931);
+8. not mostly a proper name (6,424 / 489);
+9. a *visual* sense among its three most frequent senses, or visual senses holding at
+   least a quarter of its SemCor weight (14,467 / 8,995); 10,184 / 674 are kept, plus 24
+   seed words WordNet files elsewhere (fire, smoke, wooden, striped...).
+
+Visual noun senses are physical things: the lexicographer files noun.artifact, animal,
+food, plant, object, substance, shape and body, and parts of noun.Tops (organisms, food),
+noun.phenomenon (physical phenomena), noun.act (sports), noun.location (geographical
+areas, tracts), noun.group (crowds, herds, flocks, vegetation, teams) and noun.attribute
+(colours, textures); less chemical and biological jargon (organic compounds, molecules,
+hormones, drugs, atoms, acids, microorganisms, non-metal elements), body parts no
+picture shows (internal organs, glands, secretions, nerves, cells), broad taxa with a
+Zipf frequency below 3 (metazoan, arthropod). People (noun.person) count only when a
+picture can show them: by age and sex (man, woman, child, people) or by sport, uniform,
+vehicle or instrument (skier, soldier, chef, rider, drummer), with a Zipf frequency of at
+least 3 (not reader, customer, voter, author). Appearance adjectives are those linked to
+an appearance attribute (colour, texture, shape, size...) or derived from a material,
+shape or animal noun. Score = ``zipf * (0.5 + 0.5 * visual_fraction)``; rows are sorted
+by score, best first.
+
+Compared with the previous list (12,402 words), 1,633 words left (520 person roles,
+373 substances, mostly chemistry, 257 drugs and medicines, 155 hidden body parts and
+secretions, 143 offensive words, 99 microorganisms and broad taxa, 59 social groups...)
+and 108 came in (71 visible people such as skier or firefighter, 36 colour and texture
+nouns).
 
 Usage::
 
     python scripts/build_vocabulary.py [--wordnet /usr/share/wordnet] [--min-zipf 1.5]
+    python scripts/build_vocabulary.py --blocklist-only
 """
 
 from __future__ import annotations
