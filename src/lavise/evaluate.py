@@ -266,6 +266,7 @@ def evaluate(
         },
         settings={"p": top, "s": config.s, "x": x, "quantile": config.quantile,
                   "vocabulary": config.vocabulary, "vocabulary_size": len(vocabulary),
+                  "allow_offensive": config.allow_offensive,
                   "resolution": resolution, "methods": list(methods)},
     )
 
