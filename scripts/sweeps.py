@@ -10,6 +10,7 @@ Two roles, so that defaults are never tuned on the evaluation split:
 
 Usage:
     python scripts/sweeps.py --role dev --shared ../shared/data [--only kinds,vocabulary,...]
+    python scripts/sweeps.py --role dev --only vocabulary-files --vocabulary-files old.txt,new.tsv
 """
 
 from __future__ import annotations
@@ -22,7 +23,7 @@ from pathlib import Path
 import lavise
 from lavise.evaluate import evaluate
 
-SWEEPS = ("pooling", "kinds", "vocabulary", "p", "s", "seen")
+SWEEPS = ("pooling", "kinds", "vocabulary", "vocabulary-files", "p", "s", "seen")
 
 
 def refs(role: str, shared: Path) -> tuple[list[str], list[str], str, str]:
@@ -54,6 +55,8 @@ def main() -> None:
     ap.add_argument("--cache-dir")
     ap.add_argument("--pooling", default=None, help="pooling for the sweeps after the pooling sweep")
     ap.add_argument("--method", default=None, help="masking method for the sweeps after the pooling sweep")
+    ap.add_argument("--vocabulary-files", default="",
+                    help="comma-separated word lists compared by the vocabulary-files sweep (default settings)")
     args = ap.parse_args()
     logging.basicConfig(level=logging.ERROR)
     only = args.only.split(",")
@@ -95,6 +98,14 @@ def main() -> None:
                           ("default", 10000), ("default", None), ("glove", 20000), ("glove", 100000)):
             cfg = base.replace(vocabulary=voc, vocabulary_size=size)
             lines += row(f"{voc} {size or 'all'}", ev(exp, cfg, methods=one), one)
+        print("\n".join(lines) + "\n", flush=True)
+    if "vocabulary-files" in only and args.vocabulary_files:
+        print(f"## vocabulary files (method {base.method}, p {base.top_images}, s {base.s})\n")
+        lines = list(HEADER)
+        for path in args.vocabulary_files.split(","):
+            cfg = base.replace(vocabulary=path)
+            report = ev(exp, cfg, methods=one)
+            lines += row(f"{Path(path).name} ({report.settings['vocabulary_size']} words)", report, one)
         print("\n".join(lines) + "\n", flush=True)
     if "p" in only:
         print("## p (top images per filter)\n")

@@ -23,6 +23,14 @@ def test_default_vocabulary(glove):
         assert word in vocab, word
     for word in ["whereabouts", "consequence", "idea", "john"]:
         assert word not in vocab, word
+    # visual: objects, body parts, animals, food, materials, scenes, colours, visible people
+    for word in ["hand", "wrist", "face", "zebra", "beer", "sand", "beach", "kitchen", "blue",
+                 "texture", "man", "woman", "child", "skier", "surfer", "people", "crowd"]:
+        assert word in vocab, word
+    # no chemical or biological jargon, abstractions or person roles no picture shows
+    for word in ["scopolamine", "transferase", "corticosterone", "metazoan", "bourgeoisie",
+                 "humour", "reader", "customer", "someone", "enzyme", "protein", "gonad"]:
+        assert word not in vocab, word
     assert vocab.vectors.shape == (len(vocab), 50)
     assert load_vocabulary(None, glove).words == vocab.words
     assert set(list_vocabularies()) >= {"default", "glove", "concepts"}

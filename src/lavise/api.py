@@ -29,7 +29,7 @@ from lavise.explainer import (
 from lavise.features import FeatureStore, extract_features
 from lavise.models import TargetModel, load_model
 from lavise.statistics import FilterStats, compute_filter_stats
-from lavise.vocabulary import load_vocabulary
+from lavise.vocabulary import load_vocabulary, safe_vocabulary
 from lavise.wordspace import WordSpace, load_word_space
 
 logger = logging.getLogger(__name__)
@@ -250,7 +250,8 @@ def explain(
         split: Split of a dataset spec.
         filters: Indices or a spec like ``"0-99"`` (default: all).
         config: Settings (method, p = ``top_images``, s, x, quantile, vocabulary...).
-        vocabulary: Words to explain with (default: from ``config.vocabulary``).
+        vocabulary: Words to explain with (default: from ``config.vocabulary``); offensive
+            words are removed from it unless ``config.allow_offensive``.
         allow: Only these words may be chosen.
         block: These words may not be chosen.
         weight_by_activation: Weight each top image's words by its activation.
@@ -264,7 +265,10 @@ def explain(
     stats = filter_stats(store, config)
     if vocabulary is None:
         concepts = explainer.split.concepts if explainer.split else ()
-        vocabulary = load_vocabulary(config.vocabulary, explainer.word_space, config.vocabulary_size, concepts=concepts)
+        vocabulary = load_vocabulary(config.vocabulary, explainer.word_space, config.vocabulary_size, concepts=concepts,
+                                     allow_offensive=config.allow_offensive)
+    else:
+        vocabulary = safe_vocabulary(vocabulary, config.allow_offensive)
     image_loader = None
     if config.method == "image":
         image_loader = _image_loader(dataset, explainer.model)

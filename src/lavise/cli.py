@@ -52,6 +52,8 @@ def _add_words(p: argparse.ArgumentParser) -> None:
 
     p.add_argument("--vocabulary", help="default, glove, concepts, or a word-list file")
     p.add_argument("--vocabulary-size", type=int, help="keep the N most common vocabulary words")
+    p.add_argument("--allow-offensive", action="store_true", default=None,
+                   help="keep slurs and obscenities (removed from every vocabulary by default)")
     p.add_argument("--method", choices=list_masking_methods(),
                    help="masking method (default activation, chosen by measurement)")
     p.add_argument("-p", "--top-images", type=int, dest="top_images", help="p, top-activated images per filter (default 5)")
@@ -152,6 +154,8 @@ def _add_evaluate_parser(sub: Any) -> None:
     p.add_argument("--explainer", choices=EXPLAINER_KINDS, help="override the checkpoint's explainer kind")
     p.add_argument("--vocabulary")
     p.add_argument("--vocabulary-size", type=int)
+    p.add_argument("--allow-offensive", action="store_true", default=None,
+                   help="keep slurs and obscenities (removed from every vocabulary by default)")
     p.add_argument("-p", "--top-images", type=int, dest="top_images")
     p.add_argument("-s", type=int)
     p.add_argument("--quantile", type=float)

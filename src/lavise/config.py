@@ -25,6 +25,8 @@ class Config:
         word_space: Registered word space name or a GloVe/word2vec text file.
         vocabulary: ``default``, ``glove``, ``concepts`` or a word-list file.
         vocabulary_size: Keep the N most common vocabulary words (None: all).
+        allow_offensive: Keep the slurs and obscenities of the shipped blocklist in the
+            vocabulary (by default they are removed from every vocabulary).
         explainer: ``trained``, ``conse`` or ``trained+conse``.
         conse_top: T, the classes ConSE averages.
         pooling: ``mean`` (paper: global average of the masked map) or ``rescaled``
@@ -57,6 +59,7 @@ class Config:
     word_space: str = "glove-6b-50d"
     vocabulary: str = "default"
     vocabulary_size: int | None = None
+    allow_offensive: bool = False
     explainer: str = "trained+conse"
     conse_top: int = 10
     pooling: str = "mean"

@@ -218,7 +218,7 @@ def evaluate(
     gt_lists = [list(gt.per_filter[u]) for u in filters]
     unseen = set(explainer.split.unseen)
     vocabulary = load_vocabulary(config.vocabulary, explainer.word_space, config.vocabulary_size,
-                                 concepts=explainer.split.concepts)
+                                 concepts=explainer.split.concepts, allow_offensive=config.allow_offensive)
     syn = WordNetSynonyms() if synonyms else None
     x = max(ks)
     top = min(config.top_images, len(store.valid_indices()))
@@ -266,6 +266,7 @@ def evaluate(
         },
         settings={"p": top, "s": config.s, "x": x, "quantile": config.quantile,
                   "vocabulary": config.vocabulary, "vocabulary_size": len(vocabulary),
+                  "allow_offensive": config.allow_offensive,
                   "resolution": resolution, "methods": list(methods)},
     )
 
