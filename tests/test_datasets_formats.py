@@ -173,6 +173,22 @@ def test_semantic_folder_colour_pngs(shared_data: Path, tmp_path: Path, caplog):
     assert any(e and "colour (" in e and "colors.txt" in e and ".png" in e for e in errors)
 
 
+def test_semantic_folder_cityscapes_suffixes(tmp_path: Path):
+    img_dir, lab_dir = tmp_path / "leftImg8bit" / "val" / "aachen", tmp_path / "gtFine" / "val" / "aachen"
+    img_dir.mkdir(parents=True)
+    lab_dir.mkdir(parents=True)
+    Image.fromarray(np.zeros((20, 30, 3), np.uint8)).save(img_dir / "aachen_000000_000019_leftImg8bit.png")
+    lab = np.zeros((20, 30), np.uint8)
+    lab[:, 15:] = 2
+    Image.fromarray(lab).save(lab_dir / "aachen_000000_000019_gtFine_labelIds.png")
+    (tmp_path / "classes.txt").write_text("0 unlabeled\n1 road\n2 car\n")
+    ds = load_dataset(f"semantic-folder:{tmp_path}", split="val", images="leftImg8bit", labels="gtFine",
+                      image_suffix="_leftImg8bit", label_suffix="_gtFine_labelIds",
+                      preprocessing=Preprocessing(resize=20, crop=20))
+    assert ds.image_ids == ["aachen/aachen_000000_000019_leftImg8bit.png"] and ds.concepts == ["road", "car"]
+    assert _names(ds, ds[0]) == ["car"]
+
+
 def test_semantic_folder_bad_input(tmp_path: Path):
     (tmp_path / "images").mkdir()
     (tmp_path / "labels").mkdir()

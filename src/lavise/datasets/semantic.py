@@ -4,7 +4,8 @@ How Cityscapes, CamVid, LabelMe exports and most in-house segmentation data arri
 
     ROOT/
       images/[SPLIT/]...<stem>.jpg        (searched recursively)
-      labels/[SPLIT/]...<stem>.png        same relative path and stem, PNG
+      labels/[SPLIT/]...<stem>.png        same relative path and stem, PNG (or stems with other
+                                          suffixes: image_suffix=, label_suffix=)
       classes.txt                         index PNGs: one class name per line (line k = index k),
                                           or "K name" lines giving the index explicitly
       class_dict.csv                      or RGB label PNGs: a colour table, CSV "name,r,g,b"
@@ -102,6 +103,10 @@ class SemanticFolderDataset(LabelMapDataset):
             ``colors.txt`` or ``label_colors.txt`` in ``path``, used when there is
             no class list).
         ignore_index: Value of index PNGs that marks no class (default 255).
+        image_suffix: End of the image stems to replace by ``label_suffix`` to name the
+            label file (Cityscapes: ``_leftImg8bit`` and ``_gtFine_labelIds``); default:
+            the same stem.
+        label_suffix: See ``image_suffix``.
     """
 
     def __init__(
@@ -115,6 +120,8 @@ class SemanticFolderDataset(LabelMapDataset):
         classes: str | Path | None = None,
         colors: str | Path | None = None,
         ignore_index: int | None = 255,
+        image_suffix: str = "",
+        label_suffix: str = "",
     ) -> None:
         path = Path(path).expanduser()
         if not path.is_dir():
@@ -166,7 +173,8 @@ class SemanticFolderDataset(LabelMapDataset):
         no_label = []
         for img in find_images(image_dir):
             rel = img.relative_to(image_dir)
-            label = label_dir / rel.with_suffix(".png")
+            stem = rel.stem[: len(rel.stem) - len(image_suffix)] if image_suffix and rel.stem.endswith(image_suffix) else rel.stem
+            label = label_dir / rel.parent / f"{stem}{label_suffix}.png"
             if not label.is_file():
                 no_label.append(rel)
                 continue
