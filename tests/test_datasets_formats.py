@@ -52,7 +52,11 @@ def test_ade20k_real_sample(shared_data: Path):
     assert _names(ds, item) == [ds.concepts[v - 1] for v, k in zip(present, keep) if k]
     assert torch.equal(item["masks"].as_subclass(torch.Tensor), want[keep])
     text = ds.describe()
-    assert "100 images" in text and "150 categories" in text and "masks" in text
+    assert "100 images" in text and "150 categories" in text and "868 masks" in text
+    from lavise.wordspace import WordSpace
+
+    space = WordSpace("tiny", ["wall", "building", "traffic_light"], torch.eye(3))
+    assert "3 of 150 category names have a word vector in tiny" in ds.describe(space)
 
 
 def test_ade20k_bad_label_png_is_a_counted_skip(shared_data: Path, tmp_path: Path, caplog):
