@@ -37,7 +37,7 @@ def test_table_has_every_method_and_baseline_in_range(report, tmp_path):
     assert json.loads(js.read_text())["layer"] == "_head_act"
 
 
-def test_synonym_rows_need_wordnet(report, wordnet):
+def test_synonym_rows_need_wordnet(wordnet, report):
     names = [r.method for r in report.rows]
     assert "attention (+synonyms)" in names and "random words (+synonyms)" in names
     assert report.row("attention (+synonyms)").recall[10] >= report.row("attention").recall[10]
