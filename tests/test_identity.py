@@ -13,7 +13,6 @@ import pytest
 from PIL import Image
 
 from lavise import identity
-from lavise.config import Config
 from lavise.datasets import combine, load_dataset
 from lavise.evaluate import _check_disjoint
 from lavise.features import feature_cache_key
@@ -110,19 +109,19 @@ def test_dataset_whose_ids_collide_with_cocos(shared_data, tmp_path):
     model = tiny_model()
     explainer = SimpleNamespace(model=model, meta={"training": {"image_ids": pan.image_ids,
                                                                 "image_hashes": pan.image_hashes}})
-    _check_disjoint(explainer, user, Config())
+    _check_disjoint(explainer, user)
     # ... but COCO's own files under my ids are refused
     copied = {9000 + k: pan.image_paths[k] for k in range(2)}
     renamed = load_dataset(f"coco-instances:{_coco(tmp_path / 'copied', 'test', copied)}", split="test",
                            preprocessing=TINY_PRE)
     with pytest.raises(ValueError, match="2 evaluation images were used to train"):
-        _check_disjoint(explainer, renamed, Config())
+        _check_disjoint(explainer, renamed)
     # a checkpoint without hashes: its references are opened and hashed
     old = SimpleNamespace(model=model, meta={"training": {
         "references": [f"coco-panoptic:{shared_data / 'coco-panoptic'}"], "split": "val2017"}})
-    _check_disjoint(old, user, Config())
+    _check_disjoint(old, user)
     with pytest.raises(ValueError, match="were used to train"):
-        _check_disjoint(old, renamed, Config())
+        _check_disjoint(old, renamed)
 
 
 def test_exclude_matches_content_not_ids(shared_data, tmp_path):

@@ -197,7 +197,7 @@ def evaluate(
         if m not in list_masking_methods():
             raise ValueError(f"unknown masking method {m!r} (valid: {', '.join(list_masking_methods())})")
     dataset = open_dataset(reference, split, explainer.model)
-    _check_disjoint(explainer, dataset, config)
+    _check_disjoint(explainer, dataset)
     usable = set(dataset.concept_frequencies())
     if not usable:
         raise ValueError("the evaluation dataset has no concept masks")
@@ -264,13 +264,14 @@ def evaluate(
     )
 
 
-def _check_disjoint(explainer: Explainer, dataset: Any, config: Config) -> None:
+def _check_disjoint(explainer: Explainer, dataset: Any) -> None:
     """Refuses evaluation images the explainer was trained on, compared by content.
 
     Checkpoints record the content hashes of their training images; for older ones
     the training references are opened again and hashed.
     """
     from lavise.api import open_dataset
+    from lavise.identity import MISSING_PREFIX
 
     training = explainer.meta.get("training", {})
     train_hashes = training.get("image_hashes")
@@ -282,7 +283,7 @@ def _check_disjoint(explainer: Explainer, dataset: Any, config: Config) -> None:
                            "(the checkpoint predates content hashes and its references do not open: %s)", exc)
             return
     eval_hashes = dataset.image_hashes
-    overlap = set(train_hashes or ()) & set(eval_hashes)
+    overlap = {h for h in set(train_hashes or ()) & set(eval_hashes) if not h.startswith(MISSING_PREFIX)}
     if overlap:
         first = next(i for i, h in zip(dataset.image_ids, eval_hashes) if h in overlap)
         raise ValueError(
