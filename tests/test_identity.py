@@ -175,3 +175,13 @@ def test_coco_file_name_with_sub_folders(tmp_path):
     assert ds[0]["error"] is None
     with pytest.raises(ValueError, match="no images found.*frankfurt_000000_000294"):
         load_dataset(f"coco-instances:{root}", split="val", images=root / "annotations")
+
+
+def test_one_dataset_holding_a_file_twice_is_deduplicated(tmp_path):
+    from lavise.api import open_dataset
+
+    a = _png(tmp_path / "photos" / "a.png", 10)
+    shutil.copyfile(a, tmp_path / "photos" / "copy-of-a.png")
+    _png(tmp_path / "photos" / "b.png", 99)
+    ds = open_dataset(str(tmp_path / "photos"), None, tiny_model())
+    assert ds.image_ids == ["a.png", "b.png"]

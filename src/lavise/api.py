@@ -66,7 +66,9 @@ def open_dataset(
     specs = list(spec) if isinstance(spec, (list, tuple)) else [spec]
     parts = [_open_one(s, split, model) for s in specs]
     if len(parts) == 1 and not exclude_hashes:
-        return parts[0]
+        hashes = getattr(parts[0], "image_hashes", None)
+        if hashes is None or len(set(hashes)) == len(hashes):
+            return parts[0]  # no file twice: the dataset as it is
     return CombinedDataset(parts, exclude_hashes=exclude_hashes)
 
 
