@@ -1,4 +1,4 @@
-"""Sweeps over lavise's settings on the shared COCO data, printed as Markdown tables.
+"""Sweeps over lavise's settings on the shared data, printed as Markdown tables.
 
 Two roles, so that defaults are never tuned on the evaluation split:
 
@@ -6,7 +6,11 @@ Two roles, so that defaults are never tuned on the evaluation split:
   annotations of coco-mini and coco-tiny (train2017 + val2017) and evaluated on
   coco-panoptic **train2017**; coco-panoptic val2017 is excluded from everything.
 * ``--role eval`` (REPORTED, never used for choices): trained on every annotated image
-  not in coco-panoptic val2017, evaluated on coco-panoptic **val2017**.
+  not in coco-panoptic val2017 (COCO, ADE20K, Pascal VOC), evaluated on coco-panoptic
+  **val2017**.
+* ``--role ade`` (REPORTED, never used for choices): trained on every annotated image
+  not in the ADE20K sample (COCO, Pascal VOC), evaluated on **ADE20K** validation
+  (150 things-and-stuff classes).
 
 Usage:
     python scripts/sweeps.py --role dev --shared ../shared/data [--only kinds,vocabulary,...]
@@ -27,11 +31,17 @@ SWEEPS = ("pooling", "kinds", "vocabulary", "vocabulary-files", "p", "s", "seen"
 
 
 def refs(role: str, shared: Path) -> tuple[list[str], list[str], str, str]:
+    """``(training references, excluded references, target, target split)`` of a role."""
     pan, mini, tiny = shared / "coco-panoptic", shared / "coco-mini", shared / "coco-tiny"
     instances = [f"coco-instances:{d}@{s}" for d in (mini, tiny) for s in ("train2017", "val2017")]
+    ade = f"ade20k:{shared / 'ade20k-sample'}@validation"
+    voc = f"voc:{shared / 'voc2012-sample'}@trainval"
     if role == "dev":
         return instances, [f"coco-panoptic:{pan}@val2017", f"coco-panoptic:{pan}@train2017"], f"coco-panoptic:{pan}", "train2017"
-    return [f"coco-panoptic:{pan}@train2017", *instances], [f"coco-panoptic:{pan}@val2017"], f"coco-panoptic:{pan}", "val2017"
+    if role == "ade":
+        coco = [f"coco-panoptic:{pan}@train2017", f"coco-panoptic:{pan}@val2017", *instances]
+        return [*coco, voc], [ade], f"ade20k:{shared / 'ade20k-sample'}", "validation"
+    return [f"coco-panoptic:{pan}@train2017", *instances, ade, voc], [f"coco-panoptic:{pan}@val2017"], f"coco-panoptic:{pan}", "val2017"
 
 
 def row(label: str, report, methods=("attention",)) -> list[str]:
@@ -49,7 +59,7 @@ HEADER = ["| setting | method | R@5 | R@10 | R@20 | R@10 unseen | P@1 |", "|---|
 
 def main() -> None:
     ap = argparse.ArgumentParser()
-    ap.add_argument("--role", choices=["dev", "eval"], default="dev")
+    ap.add_argument("--role", choices=["dev", "eval", "ade"], default="dev")
     ap.add_argument("--shared", type=Path, default=Path(__file__).resolve().parents[2] / "shared" / "data")
     ap.add_argument("--only", default=",".join(SWEEPS))
     ap.add_argument("--cache-dir")

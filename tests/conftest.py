@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 
 import pytest
@@ -11,8 +12,9 @@ REPO = Path(__file__).resolve().parents[1]
 
 @pytest.fixture(scope="session")
 def shared_data() -> Path:
-    """The shared real-data folder (``<repo>/../shared/data``); skips the test if absent."""
-    path = REPO.parent / "shared" / "data"
+    """The shared real-data folder (``$LAVISE_SHARED_DATA``, else ``<repo>/../shared/data``);
+    skips the test if absent."""
+    path = Path(os.environ.get("LAVISE_SHARED_DATA") or REPO.parent / "shared" / "data")
     if not path.is_dir():
         pytest.skip(f"shared data not found at {path}")
     return path
@@ -48,3 +50,25 @@ def coco_explainer(shared_data, lite0, lavise_cache):
             f"coco-instances:{shared_data / 'coco-tiny'}"]
     config = Config(cache_dir=str(lavise_cache), progress=False, device="cpu", explainer="trained+conse")
     return train(lite0, refs, "train2017", config=config)
+
+
+def wordnet_missing_reason() -> str | None:
+    """Why WordNet tests cannot run here (None when the database is installed)."""
+    from lavise.metrics import wordnet_dir
+
+    root = wordnet_dir()
+    if (root / "index.noun").is_file() and (root / "data.noun").is_file():
+        return None
+    return (f"WordNet database not found in {root} (apt-get install wordnet-base, or set "
+            "LAVISE_WORDNET_DIR)")
+
+
+@pytest.fixture(scope="session")
+def wordnet() -> Path:
+    """The WordNet database directory; skips the test, saying why, when it is absent."""
+    from lavise.metrics import wordnet_dir
+
+    reason = wordnet_missing_reason()
+    if reason:
+        pytest.skip(reason)
+    return wordnet_dir()

@@ -44,6 +44,7 @@ def test_split_suffix_and_exclusion_of_evaluation_images(sample_dir):
     spec = f"coco-panoptic:{sample_dir / 'coco-panoptic'}"
     both = open_dataset([f"{spec}@train2017", f"{spec}@val2017"], None, model)
     assert len(both) == 150
-    val_ids = open_dataset(spec, "val2017", model).image_ids
-    train_only = open_dataset([f"{spec}@train2017", f"{spec}@val2017"], None, model, exclude_ids=val_ids)
-    assert len(train_only) == 100 and not set(train_only.image_ids) & set(val_ids)
+    val = open_dataset(spec, "val2017", model)
+    train_only = open_dataset([f"{spec}@train2017", f"{spec}@val2017"], None, model, exclude_hashes=val.image_hashes)
+    assert len(train_only) == 100 and not set(train_only.image_ids) & set(val.image_ids)
+    assert not set(train_only.image_hashes) & set(val.image_hashes)

@@ -6,6 +6,7 @@ import json
 
 import pytest
 
+from conftest import wordnet_missing_reason
 from lavise import Config
 from lavise.evaluate import evaluate
 from lavise.explainer import Explainer
@@ -18,15 +19,14 @@ def report(coco_explainer, shared_data, lavise_cache):
     config = Config(cache_dir=str(lavise_cache), progress=False, device="cpu")
     return evaluate(coco_explainer, f"coco-panoptic:{shared_data / 'coco-panoptic'}", "val2017",
                     methods=("attention", "projection", "activation", "original"), config=config,
-                    synonyms=True, permutations=200)
+                    synonyms=wordnet_missing_reason() is None, permutations=200)
 
 
 def test_table_has_every_method_and_baseline_in_range(report, tmp_path):
     names = [r.method for r in report.rows]
     for m in ("attention", "projection", "activation", "original", "random words",
               "netdissect (train-split labels)", "constant (train-split top concepts)",
-              "netdissect (oracle: eval-split labels)", "constant (oracle: eval-split top concepts)",
-              "attention (+synonyms)"):
+              "netdissect (oracle: eval-split labels)", "constant (oracle: eval-split top concepts)"):
         assert m in names
     for r in report.rows:
         values = list(r.recall.values()) + list((r.recall_unseen or {}).values()) + [r.precision_at_1]
@@ -35,6 +35,23 @@ def test_table_has_every_method_and_baseline_in_range(report, tmp_path):
     md, cs, js = report.save(tmp_path)
     assert "| attention |" in md.read_text() and "recall@10" in cs.read_text()
     assert json.loads(js.read_text())["layer"] == "_head_act"
+
+
+def test_synonym_rows_need_wordnet(wordnet, report):
+    names = [r.method for r in report.rows]
+    assert "attention (+synonyms)" in names and "random words (+synonyms)" in names
+    assert report.row("attention (+synonyms)").recall[10] >= report.row("attention").recall[10]
+
+
+def test_synonyms_without_wordnet_is_a_one_line_error_before_any_work(tmp_path, monkeypatch, capsys):
+    from lavise.cli import main
+
+    monkeypatch.setenv("LAVISE_WORDNET_DIR", str(tmp_path))  # an empty folder: no WordNet here
+    code = main(["evaluate", "--checkpoint", str(tmp_path / "no-checkpoint"), "--reference", "folder:x",
+                 "--synonyms", "--out", str(tmp_path / "eval")])
+    err = capsys.readouterr().err
+    assert code == 2 and err.count("\n") == 1
+    assert err.startswith("lavise: error: WordNet database not found in") and "wordnet-base" in err
 
 
 def test_learned_words_beat_random_words_and_are_specific(report):

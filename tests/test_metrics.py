@@ -6,7 +6,6 @@ import csv
 import io
 import json
 import random
-from pathlib import Path
 
 import pytest
 import torch
@@ -27,7 +26,6 @@ from lavise.metrics import (
     specificity_test,
 )
 
-WORDNET = Path("/usr/share/wordnet")
 
 
 def _mask(*rows: str) -> torch.Tensor:
@@ -296,9 +294,8 @@ def test_specificity_rejects_too_few_filters():
 # ---------------------------------------------------------------------------- synonyms
 
 
-@pytest.mark.skipif(not (WORDNET / "data.noun").is_file(), reason="WordNet not installed")
-def test_wordnet_synonym_matching():
-    syn = WordNetSynonyms(WORDNET)
+def test_wordnet_synonym_matching(wordnet):
+    syn = WordNetSynonyms(wordnet)
     assert "car" in syn.synonyms("automobile")
     assert "car" in syn.synonyms("automobiles")  # base form
     assert syn.synonyms("qwzxv") == set()

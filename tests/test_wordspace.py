@@ -181,3 +181,56 @@ def test_default_space():
     assert torch.equal(ws.concept_vector("cell phone"), ws.vector("cellphone"))
     hot_dog = ws.vector("hot") + ws.vector("dog")
     assert torch.allclose(ws.concept_vector("hot dog"), hot_dog / hot_dog.norm(), atol=1e-6)
+
+
+# --------------------------------------------------------------------------- word2vec binary
+
+
+def _write_w2v_bin(path, words, vecs, newline=False):
+    import numpy as np
+
+    with open(path, "wb") as f:
+        f.write(f"{len(words)} {vecs.shape[1]}\n".encode())
+        for w, v in zip(words, vecs):
+            f.write(w.encode() + b" " + np.asarray(v, dtype="<f4").tobytes() + (b"\n" if newline else b""))
+
+
+@pytest.mark.parametrize("newline", [False, True])
+def test_word2vec_binary_phrases(tmp_path, newline):
+    words = ["traffic", "light", "traffic_light", "dog", "café"]
+    vecs = torch.randn(len(words), 6, generator=torch.Generator().manual_seed(1))
+    path = tmp_path / "vectors.w2v"  # recognised by content, not by name
+    _write_w2v_bin(path, words, vecs.numpy(), newline=newline)
+    assert wordspace.is_word2vec_binary(path)
+    ws = load_text_word_space(path, use_cache=False)
+    assert ws.words == words and ws.dim == 6
+    assert torch.allclose(ws.vectors, torch.nn.functional.normalize(vecs, dim=1), atol=1e-6)
+    # a multi-word concept name uses the "_"-joined phrase when the space has it...
+    assert torch.equal(ws.concept_vector("traffic light"), ws.vector("traffic_light"))
+    # ... and the mean of its tokens otherwise
+    mean = torch.nn.functional.normalize(ws.vector("traffic") + ws.vector("dog"), dim=0)
+    assert torch.allclose(ws.concept_vector("traffic dog"), mean, atol=1e-6)
+    assert load_word_space(str(path)).words == words  # through the cache and the memo
+
+
+def test_word2vec_binary_truncated_and_text_not_binary(tmp_path):
+    path = tmp_path / "cut.bin"
+    _write_w2v_bin(path, ["a", "b"], torch.ones(2, 4).numpy())
+    path.write_bytes(path.read_bytes()[:-5])
+    with pytest.raises(ValueError, match="cut.bin: file ends at word 2 of 2"):
+        load_text_word_space(path, use_cache=False)
+    text = tmp_path / "text.txt"
+    text.write_text("2 3\na 0.1 0.2 0.3\nb -1 2e-3 4\n")
+    assert not wordspace.is_word2vec_binary(text)
+
+
+def test_real_googlenews_word2vec_binary(shared_data):
+    path = shared_data / "word-vectors" / "GoogleNews-vectors-negative300-bolukbasi.bin"
+    with open(path, "rb") as f:
+        assert f.readline() == b"26423 300\n"
+    ws = load_text_word_space(path, use_cache=False)
+    assert len(ws) == 26423 and ws.dim == 300
+    assert "cell_phone" in ws and torch.equal(ws.concept_vector("cell phone"), ws.vector("cell_phone"))
+    assert torch.equal(ws.concept_vector("fire hydrant"), ws.vector("fire_hydrant"))
+    _, idx = ws.nearest(ws.vector("dog"), 5)
+    assert "dogs" in [ws.words[i] for i in idx[0].tolist()]

@@ -18,6 +18,7 @@ from lavise.datasets import list_dataset_formats, load_dataset
 from lavise.explain import Explanations, FilterExplanation, TopImage
 from lavise.explainer import ConceptSplit, Explainer, ExplainerHead, hinge_rank_loss
 from lavise.features import FeatureStore, extract_features
+from lavise.identity import content_hashes
 from lavise.masking import get_masking_method, list_masking_methods
 from lavise.models import (
     FeatureHook,
@@ -56,6 +57,7 @@ __all__ = [
     "TopImage",
     "WordSpace",
     "compute_filter_stats",
+    "content_hashes",
     "explain",
     "extract_features",
     "get_masking_method",

@@ -50,24 +50,27 @@ def open_dataset(
     spec: str | ReferenceDataset | Sequence[str],
     split: str | None,
     model: TargetModel,
-    exclude_ids: Sequence[str] = (),
+    exclude_hashes: Sequence[str] = (),
 ) -> Any:
-    """A dataset (or several combined, deduplicated by image id) with the model's preprocessing.
+    """A dataset (or several combined, deduplicated by content) with the model's preprocessing.
 
     Args:
         spec: ``FORMAT:PATH`` (optionally ``FORMAT:PATH@SPLIT``), a plain folder of images,
             a dataset, or a list of these.
         split: Split of the dataset specs (``train2017``...).
         model: Its preprocessing is applied to images and masks.
-        exclude_ids: Image ids to leave out (e.g. those of an evaluation split).
+        exclude_hashes: Content hashes (``dataset.image_hashes``, see :mod:`lavise.identity`)
+            of images to leave out, e.g. those of an evaluation split.
     """
     from lavise.datasets import CombinedDataset
 
     specs = list(spec) if isinstance(spec, (list, tuple)) else [spec]
     parts = [_open_one(s, split, model) for s in specs]
-    if len(parts) == 1 and not exclude_ids:
-        return parts[0]
-    return CombinedDataset(parts, exclude_ids=exclude_ids)
+    if len(parts) == 1 and not exclude_hashes:
+        hashes = getattr(parts[0], "image_hashes", None)
+        if hashes is None or len(set(hashes)) == len(hashes):
+            return parts[0]  # no file twice: the dataset as it is
+    return CombinedDataset(parts, exclude_hashes=exclude_hashes)
 
 
 def _open_one(spec: str | ReferenceDataset, split: str | None, model: TargetModel) -> Any:
@@ -167,7 +170,7 @@ def train(
         config: Settings (default :class:`Config`); ``overrides`` replace fields of it.
         out: Write the checkpoint to this folder.
         exclude: Dataset spec(s) whose images are left out of training (e.g. the
-            evaluation split), matched by image id.
+            evaluation split), matched by content (the hash of each file's bytes).
 
     Returns:
         The explainer; its ``meta`` holds the per-epoch held-out accuracies.
@@ -184,8 +187,8 @@ def train(
         config = config.replace(explainer="trained")
     excluded: list[str] = []
     if exclude:
-        excluded = [str(i) for i in open_dataset(exclude, split, target).image_ids]
-    dataset = open_dataset(reference, split, target, exclude_ids=excluded)
+        excluded = list(open_dataset(exclude, split, target).image_hashes)
+    dataset = open_dataset(reference, split, target, exclude_hashes=excluded)
     if len(dataset) == 0:
         raise ValueError("the reference dataset is empty")
     word_space = load_word_space(config.word_space)
@@ -212,6 +215,7 @@ def train(
             "split": split,
             "images": len(store),
             "image_ids": [str(i) for i in store.ids],
+            "image_hashes": list(dataset.image_hashes),
             "unreadable_images": sorted(store.failed),
             "pairs": len(pairs.concepts),
             "settings": {k: config.to_dict()[k] for k in

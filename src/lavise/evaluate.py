@@ -187,6 +187,7 @@ def evaluate(
     from lavise.vocabulary import load_vocabulary
 
     config = with_overrides(config, overrides)
+    syn = WordNetSynonyms() if synonyms else None  # before any work: missing WordNet is a one-line error
     explainer = resolve_explainer(explainer, config, kind=overrides.get("explainer"))
     if explainer.split is None:
         raise ValueError("the checkpoint has no concept split (seen/unseen); retrain it with lavise train")
@@ -196,13 +197,7 @@ def evaluate(
         if m not in list_masking_methods():
             raise ValueError(f"unknown masking method {m!r} (valid: {', '.join(list_masking_methods())})")
     dataset = open_dataset(reference, split, explainer.model)
-    train_ids = set(explainer.meta.get("training", {}).get("image_ids", []))
-    overlap = train_ids & set(map(str, dataset.image_ids))
-    if overlap:
-        raise ValueError(
-            f"{len(overlap)} evaluation images were used to train the explainer (e.g. {sorted(overlap)[0]}); "
-            "evaluate on a disjoint split"
-        )
+    _check_disjoint(explainer, dataset)
     usable = set(dataset.concept_frequencies())
     if not usable:
         raise ValueError("the evaluation dataset has no concept masks")
@@ -219,7 +214,6 @@ def evaluate(
     unseen = set(explainer.split.unseen)
     vocabulary = load_vocabulary(config.vocabulary, explainer.word_space, config.vocabulary_size,
                                  concepts=explainer.split.concepts, allow_offensive=config.allow_offensive)
-    syn = WordNetSynonyms() if synonyms else None
     x = max(ks)
     top = min(config.top_images, len(store.valid_indices()))
     rows: list[MethodScores] = []
@@ -271,6 +265,34 @@ def evaluate(
     )
 
 
+def _check_disjoint(explainer: Explainer, dataset: Any) -> None:
+    """Refuses evaluation images the explainer was trained on, compared by content.
+
+    Checkpoints record the content hashes of their training images; for older ones
+    the training references are opened again and hashed.
+    """
+    from lavise.api import open_dataset
+    from lavise.identity import MISSING_PREFIX
+
+    training = explainer.meta.get("training", {})
+    train_hashes = training.get("image_hashes")
+    if train_hashes is None and training.get("references"):
+        try:
+            train_hashes = open_dataset(training["references"], training.get("split"), explainer.model).image_hashes
+        except (ValueError, FileNotFoundError) as exc:
+            logger.warning("cannot check that the evaluation images were not used for training "
+                           "(the checkpoint predates content hashes and its references do not open: %s)", exc)
+            return
+    eval_hashes = dataset.image_hashes
+    overlap = {h for h in set(train_hashes or ()) & set(eval_hashes) if not h.startswith(MISSING_PREFIX)}
+    if overlap:
+        first = next(i for i, h in zip(dataset.image_ids, eval_hashes) if h in overlap)
+        raise ValueError(
+            f"{len(overlap)} evaluation images were used to train the explainer (e.g. {first}, "
+            "compared by file content); evaluate on a disjoint split or train with --exclude"
+        )
+
+
 def _baselines(
     gt: GroundTruth, filters: list[int], vocabulary: Any, x: int, explainer: Explainer, config: Config,
     train_reference: Any, train_split: str | None, dataset: Any, resolution: int | None,
@@ -286,7 +308,7 @@ def _baselines(
     split = train_split if train_reference else training.get("split")
     if refs:
         try:
-            train_ds = open_dataset(refs, split, explainer.model, exclude_ids=list(map(str, dataset.image_ids)))
+            train_ds = open_dataset(refs, split, explainer.model, exclude_hashes=list(dataset.image_hashes))
             train_store = features_of(explainer.model, explainer.layer, train_ds, config)
             train_stats = filter_stats(train_store, config)
             train_gt = compute_ground_truth(train_store, train_ds, train_stats, resolution=resolution,

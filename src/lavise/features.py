@@ -44,15 +44,19 @@ def default_cache_dir() -> Path:
 
 
 def _image_list_digest(dataset: Any) -> str:
+    """Digest of the image list by content (``lavise.identity``) and row id, in row order.
+
+    Ids stay in the key because the store's rows are looked up by id; paths do not, so
+    moving a dataset keeps its cache.
+    """
+    from lavise.identity import content_hashes
+
+    hashes = getattr(dataset, "image_hashes", None)
+    if hashes is None:
+        hashes = content_hashes(dataset.image_paths)
     h = hashlib.sha256()
-    for image_id, path in zip(dataset.image_ids, dataset.image_paths):
-        p = Path(path)
-        try:
-            st = p.stat()
-            stamp = f"{st.st_size}:{st.st_mtime_ns}"
-        except OSError:
-            stamp = "missing"
-        h.update(f"{image_id}\t{p.resolve()}\t{stamp}\n".encode())
+    for image_id, digest in zip(dataset.image_ids, hashes):
+        h.update(f"{image_id}\t{digest}\n".encode())
     return h.hexdigest()
 
 

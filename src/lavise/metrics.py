@@ -43,6 +43,7 @@ from __future__ import annotations
 import csv
 import io
 import logging
+import os
 import math
 import random
 from dataclasses import dataclass
@@ -364,6 +365,11 @@ def normalise_word(word: str) -> str:
     return " ".join(tokens) if tokens else word.strip().lower()
 
 
+def wordnet_dir() -> Path:
+    """Where the WordNet database is looked for: ``$LAVISE_WORDNET_DIR`` or ``/usr/share/wordnet``."""
+    return Path(os.environ.get("LAVISE_WORDNET_DIR") or DEFAULT_WORDNET_DIR)
+
+
 class WordNetSynonyms:
     """WordNet 3.0 noun synonyms, parsed directly from the database files.
 
@@ -373,8 +379,8 @@ class WordNetSynonyms:
     class again is free.
 
     Args:
-        root: Directory of the WordNet database (Debian ``wordnet-base``:
-            ``/usr/share/wordnet``).
+        root: Directory of the WordNet database (default :func:`wordnet_dir`:
+            ``$LAVISE_WORDNET_DIR``, else Debian ``wordnet-base``'s ``/usr/share/wordnet``).
 
     Raises:
         FileNotFoundError: When the database files are missing.
@@ -382,8 +388,8 @@ class WordNetSynonyms:
 
     _cache: dict[str, tuple[dict[str, tuple[int, ...]], dict[int, tuple[str, ...]], dict[str, tuple[str, ...]]]] = {}
 
-    def __init__(self, root: str | Path = DEFAULT_WORDNET_DIR) -> None:
-        self.root = Path(root)
+    def __init__(self, root: str | Path | None = None) -> None:
+        self.root = Path(root if root is not None else wordnet_dir())
         key = str(self.root.resolve())
         if key not in self._cache:
             missing = [f for f in ("index.noun", "data.noun") if not (self.root / f).is_file()]

