@@ -30,6 +30,7 @@ from lavise.metrics import (
     MethodScores,
     WordNetSynonyms,
     constant_baseline,
+    novel_concepts,
     random_words_baseline,
     score_method,
     scores_table,
@@ -127,7 +128,12 @@ class EvaluationReport:
     def to_markdown(self) -> str:
         head = (f"**{self.model} `{self.layer}`**, explainer `{self.explainer}`, target/reference "
                 f"{self.dataset}: {self.ground_truth.get('filters_with_ground_truth')} of "
-                f"{self.ground_truth.get('num_filters')} filters have ground truth.\n\n")
+                f"{self.ground_truth.get('num_filters')} filters have ground truth")
+        novel = self.ground_truth.get("novel_concepts")
+        if novel:
+            head += (f"; {self.ground_truth.get('filters_with_novel_ground_truth')} of them have a *novel* "
+                     f"ground-truth concept (one of {len(novel)} that no training reference annotates)")
+        head += ".\n\n"
         table = scores_table(list(self.rows), fmt="markdown")
         spec = ""
         if self.specificity:
@@ -217,6 +223,7 @@ def evaluate(
         raise ValueError("no filter has ground truth on this dataset (IoU > 0.04 with no concept)")
     gt_lists = [list(gt.per_filter[u]) for u in filters]
     unseen = set(explainer.split.unseen)
+    novel = novel_concepts(usable, known_concepts(explainer))
     vocabulary = load_vocabulary(config.vocabulary, explainer.word_space, config.vocabulary_size,
                                  concepts=explainer.split.concepts)
     syn = WordNetSynonyms() if synonyms else None
@@ -238,10 +245,14 @@ def evaluate(
     if baselines:
         predictions.update(_baselines(gt, filters, vocabulary, x, explainer, config, train_reference,
                                       train_split, dataset, resolution))
+        novel_gt = [[c for c in g if c in novel] for g in gt_lists]
+        if any(novel_gt):
+            predictions["constant (oracle: eval-split top novel concepts)"] = constant_baseline(novel_gt, x)
     for name, words in predictions.items():
-        rows.append(score_method(name, words, gt_lists, unseen, ks=tuple(ks)))
+        rows.append(score_method(name, words, gt_lists, unseen, ks=tuple(ks), novel=novel))
         if syn is not None and not name.startswith("netdissect"):
-            rows.append(score_method(f"{name} (+synonyms)", words, gt_lists, unseen, ks=tuple(ks), synonyms=syn))
+            rows.append(score_method(f"{name} (+synonyms)", words, gt_lists, unseen, ks=tuple(ks), synonyms=syn,
+                                     novel=novel))
     specificity = {}
     if baselines:
         for method in methods:
@@ -263,11 +274,28 @@ def evaluate(
             "iou_threshold": gt.threshold,
             "most_common": counts.most_common(20),
             "unseen_concepts": sorted(unseen & usable),
+            "novel_concepts": sorted(novel),
+            "filters_with_novel_ground_truth": sum(1 for g in gt_lists if set(g) & novel),
         },
         settings={"p": top, "s": config.s, "x": x, "quantile": config.quantile,
                   "vocabulary": config.vocabulary, "vocabulary_size": len(vocabulary),
                   "resolution": resolution, "methods": list(methods)},
     )
+
+
+def known_concepts(explainer: Explainer) -> set[str]:
+    """Every concept an explainer's training could have named (the complement of *novel*).
+
+    All concepts of its training references (seen, unseen, and those dropped for lack
+    of a word vector) plus the image-level target words it was trained on (caption
+    nouns), as recorded in the checkpoint.
+    """
+    split = explainer.split
+    known = set(split.concepts) | set(split.missing) if split is not None else set()
+    training = explainer.meta.get("training", {})
+    known |= set(training.get("reference_concepts", ()))
+    known |= set(training.get("caption_words", ()))
+    return known
 
 
 def _baselines(
