@@ -135,6 +135,8 @@ def levers(base, train_refs, exclude, target, split, only, shared: Path, kinds=(
     if "negatives" in only:
         cfg = base.replace(loss_negatives="hardest")
         emit("loss negatives", "hardest only", train(cfg), cfg)
+        cfg = base.replace(loss_negatives="vocabulary")
+        emit("loss negatives", "+ 256 vocabulary words per step", train(cfg), cfg)
     if "combination" in only:
         for w in (0.5, 0.75, 1.5, 2.0):
             emit("trained+ConSE", f"ConSE weight {w}", exp.with_combination(conse_weight=w), base,
@@ -155,7 +157,7 @@ def levers(base, train_refs, exclude, target, split, only, shared: Path, kinds=(
         cfg = base.replace(captions=captions)
         emit("captions", "caption nouns (>= 2 of 5 captions)", train(cfg), cfg)
     if "augment" in only:
-        for views in (("hflip",), ("hflip", "crop-tl", "crop-br", "zoom")):
+        for views in (("hflip",), ("hflip", "zoom")):
             cfg = base.replace(augment=views)
             emit("augmented pairs", "+".join(views), train(cfg), cfg)
     if "all-data" in only:

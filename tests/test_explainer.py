@@ -202,3 +202,21 @@ def test_conse_weight_scales_conse_in_the_combination(tmp_path):
     assert back.conse_weight == 2.0
     with pytest.raises(ValueError, match="weight"):
         exp.with_combination(conse_weight=-1)
+
+
+def test_vocabulary_negatives_push_the_head_away_from_other_words():
+    space = toy_space()
+    pairs = _synthetic_pairs(space)
+    split = split_concepts(["dog", "cat", "car", "tree"], 1.0)
+    keep = torch.tensor([i for i, c in enumerate(pairs.concepts) if c in split.concepts])
+    train = pairs.select(keep)
+    others = torch.stack([space.vector(w) for w in ("sky", "grass", "road", "water")])
+    head, history = fit_head(train, None, split, space, epochs=10, lr=3e-3, negatives="vocabulary",
+                             negative_words=others, progress=False)
+    with torch.no_grad():
+        out = F.normalize(head.eval()(train.pooled), dim=1)
+    truth = torch.stack([space.vector(c) for c in train.concepts])
+    # Each pair is closer to its own concept than to every never-target word.
+    assert ((out * truth).sum(1) > (out @ others.T).amax(1)).float().mean() > 0.9
+    with pytest.raises(ValueError, match="negative_words"):
+        fit_head(train, None, split, space, epochs=1, negatives="vocabulary", progress=False)

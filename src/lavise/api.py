@@ -214,6 +214,8 @@ def train(
             train_pairs, held_pairs, split_, word_space,
             epochs=config.epochs, lr=config.lr, batch_size=config.batch_size, seed=config.seed,
             margin=config.margin, negatives=config.loss_negatives, image_level=weak_train,
+            negative_words=_negative_words(word_space, split_, weak, config)
+            if config.loss_negatives == "vocabulary" else None,
             device=config.resolved_device(), progress=config.progress,
         )
     references = [_absolute_spec(r) for r in (reference if isinstance(reference, (list, tuple)) else [reference])]
@@ -261,6 +263,20 @@ def _augmented_pairs(target: TargetModel, layer: str, dataset: Any, store: Featu
         out.append(vp)
         logger.info("augmented view %s: %d pairs", view, len(vp.concepts))
     return out
+
+
+def _negative_words(word_space: WordSpace, split: Any, weak: ConceptFeatures | None,
+                    config: Config) -> torch.Tensor:
+    """Vectors of the vocabulary words that name no reference concept and no caption target."""
+    from lavise.metrics import concept_match_words
+
+    vocabulary = load_vocabulary(config.vocabulary, word_space, config.vocabulary_size,
+                                 concepts=split.concepts)
+    named: set[str] = set(weak.concepts) if weak is not None else set()
+    for c in (*split.concepts, *split.missing):
+        named |= concept_match_words(c)
+    rows = [i for i, w in enumerate(vocabulary.words) if w not in named]
+    return vocabulary.vectors[rows]
 
 
 def _caption_pairs(store: FeatureStore, dataset: Any, word_space: WordSpace, split: Any,

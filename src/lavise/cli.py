@@ -65,8 +65,9 @@ def _add_words(p: argparse.ArgumentParser) -> None:
 
 
 def build_parser() -> argparse.ArgumentParser:
+    from lavise.augment import AUGMENT_VIEWS
     from lavise.datasets import list_dataset_formats
-    from lavise.explainer import EXPLAINER_KINDS, POOLINGS
+    from lavise.explainer import EXPLAINER_KINDS, LOSS_NEGATIVES, POOLINGS
 
     parser = argparse.ArgumentParser(
         prog="lavise",
@@ -107,6 +108,15 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--lr", type=float)
     p.add_argument("--batch-size", type=int)
     p.add_argument("--seed", type=int)
+    p.add_argument("--margin", type=float, help="hinge margin of the rank loss (default 1)")
+    p.add_argument("--loss-negatives", choices=LOSS_NEGATIVES,
+                   help="negatives of the rank loss: all (eq. 1, default), hardest, vocabulary")
+    p.add_argument("--augment", action="append", choices=list(AUGMENT_VIEWS),
+                   help="augmented view of every reference image whose pairs join training (repeatable; cached)")
+    p.add_argument("--captions", action="append",
+                   help="COCO captions JSON: its nouns become image-level targets (repeatable)")
+    p.add_argument("--conse-weight", type=float, help="weight of ConSE against the trained head (default 1)")
+    p.add_argument("--conse-top", type=int, help="T, the top classes ConSE averages (default 10)")
     p.add_argument("--out", type=Path, required=True, help="checkpoint folder")
     _add_runtime(p)
 

@@ -36,7 +36,9 @@ class Config:
         batch_size: (image, concept) pairs per training step.
         holdout_fraction: Share of reference images held out for per-epoch accuracy.
         margin: Hinge margin of the rank loss (eq. 1).
-        loss_negatives: ``all`` (eq. 1) or ``hardest`` (one negative per pair).
+        loss_negatives: ``all`` (eq. 1), ``hardest`` (one negative per pair) or
+            ``vocabulary`` (eq. 1 plus 256 vocabulary words per step that name no
+            reference concept).
         augment: Augmented views of each reference image whose pooled pairs join
             training (``hflip``, ``crop-tl``, ``crop-br``, ``zoom``; features extracted
             once per view and cached; see :mod:`lavise.augment`).
@@ -107,8 +109,8 @@ class Config:
             (self.conse_top >= 1, f"ConSE top T must be >= 1, got {self.conse_top}"),
             (self.conse_weight >= 0, f"ConSE weight must be >= 0, got {self.conse_weight}"),
             (self.margin > 0, f"margin must be > 0, got {self.margin}"),
-            (self.loss_negatives in ("all", "hardest"),
-             f"unknown loss negatives {self.loss_negatives!r} (valid: all, hardest)"),
+            (self.loss_negatives in ("all", "hardest", "vocabulary"),
+             f"unknown loss negatives {self.loss_negatives!r} (valid: all, hardest, vocabulary)"),
             (self.image_batch_size >= 1, f"image batch size must be >= 1, got {self.image_batch_size}"),
             (self.num_workers is None or self.num_workers >= 0, f"workers must be >= 0, got {self.num_workers}"),
             (self.vocabulary_size is None or self.vocabulary_size >= 1,

@@ -99,7 +99,9 @@ class ExplainerHead(nn.Module):
         return self.net(pooled)
 
 
-LOSS_NEGATIVES = ("all", "hardest")
+LOSS_NEGATIVES = ("all", "hardest", "vocabulary")
+#: Vocabulary words drawn per training step as extra negatives (``negatives="vocabulary"``).
+VOCABULARY_NEGATIVES = 256
 
 
 def hinge_rank_loss(
@@ -114,7 +116,9 @@ def hinge_rank_loss(
         concept_vectors: (C, e) L2-normalised concept vectors (the candidates).
         margin: Hinge margin (1 in the paper).
         negatives: ``all`` (eq. 1: every other candidate) or ``hardest`` (only the
-            most violating candidate of each row, as in VSE++).
+            most violating candidate of each row, as in VSE++); ``vocabulary`` is
+            ``all`` here, with vocabulary words appended to the candidates by
+            :func:`fit_head`.
         also_positive: Optional (B, C) bool: candidates that are also true for the row
             (e.g. another caption noun of the same image); they are not negatives.
     """
@@ -294,6 +298,7 @@ def fit_head(
     margin: float = 1.0,
     negatives: str = "all",
     image_level: ConceptFeatures | None = None,
+    negative_words: torch.Tensor | None = None,
     seed: int = 0,
     device: str | torch.device = "cpu",
     progress: bool = True,
@@ -309,7 +314,12 @@ def fit_head(
             each, e.g. caption nouns; see :mod:`lavise.captions`). Their words join
             the candidates; the other words of the same image are not negatives.
         margin: Hinge margin of eq. 1.
-        negatives: ``all`` or ``hardest`` (see :func:`hinge_rank_loss`).
+        negatives: ``all`` or ``hardest`` (see :func:`hinge_rank_loss`), or
+            ``vocabulary``: ``all`` plus :data:`VOCABULARY_NEGATIVES` rows of
+            ``negative_words`` drawn at random per step, so that the head learns to
+            rank its concepts above the open vocabulary it will be read with.
+        negative_words: (M, e) unit vectors of words that are never a target (e.g.
+            vocabulary words that name no reference concept); for ``vocabulary``.
     """
     if epochs < 1 or batch_size < 1 or lr <= 0:
         raise ValueError("epochs and batch size must be >= 1 and the learning rate > 0")
@@ -347,6 +357,13 @@ def fit_head(
             if w and len(groups.get(r, ())) > 1:
                 also[j, list(groups[r])] = True
         also = also.to(device)
+    vocab_neg = None
+    if negatives == "vocabulary":
+        if negative_words is None or len(negative_words) == 0:
+            raise ValueError("negatives='vocabulary' needs negative_words")
+        vocab_neg = F.normalize(negative_words.float(), dim=1).to(device)
+    elif negatives not in LOSS_NEGATIVES:
+        raise ValueError(f"unknown negatives {negatives!r} (valid: {', '.join(LOSS_NEGATIVES)})")
     d = x.shape[1]
     head = ExplainerHead(d, word_space.dim).to(device)
     opt = torch.optim.Adam(head.parameters(), lr=lr, weight_decay=weight_decay)
@@ -360,8 +377,15 @@ def fit_head(
             b = perm[start:start + batch_size]
             if len(b) < 2:  # BatchNorm needs two rows
                 continue
-            loss = hinge_rank_loss(head(x[b]), y[b], seen_vecs, margin, negatives=negatives,
-                                   also_positive=None if also is None else also[b])
+            cands, also_b = seen_vecs, None if also is None else also[b]
+            if vocab_neg is not None:
+                pick = torch.randperm(len(vocab_neg), generator=gen)[:VOCABULARY_NEGATIVES].to(device)
+                cands = torch.cat([seen_vecs, vocab_neg[pick]])
+                if also_b is not None:
+                    also_b = F.pad(also_b, (0, len(pick)))
+            loss = hinge_rank_loss(head(x[b]), y[b], cands, margin,
+                                   negatives="hardest" if negatives == "hardest" else "all",
+                                   also_positive=also_b)
             opt.zero_grad()
             loss.backward()
             opt.step()
