@@ -388,3 +388,19 @@ def test_score_method_reports_recall_on_novel_concepts_only():
     none = score_method("m", words, gts, ks=(1,), novel=["grass"])
     assert none.recall_novel is None and none.filters_with_novel_ground_truth == 0
     assert "(novel)" not in scores_table([score_method("m", words, gts, ks=(1,))])
+
+
+def test_known_concepts_read_from_the_checkpoint_with_or_without_caption_targets():
+    from types import SimpleNamespace
+
+    from lavise.evaluate import known_concepts
+    from lavise.explainer import ConceptSplit
+    from lavise.metrics import novel_concepts
+
+    split = ConceptSplit(concepts=("dog", "cat"), seen=("dog",), unseen=("cat",), missing=("hair drier",))
+    exp = SimpleNamespace(split=split, meta={"training": {"caption_words": ["grass"]}})
+    assert known_concepts(exp) == {"dog", "cat", "hair drier"}
+    assert known_concepts(exp, captions=True) == {"dog", "cat", "hair drier", "grass"}
+    gt = {"dog", "grass-merged", "sky-other-merged", "hair brush"}
+    assert novel_concepts(gt, known_concepts(exp)) == {"grass-merged", "sky-other-merged"}  # hair: known token
+    assert novel_concepts(gt, known_concepts(exp, captions=True)) == {"sky-other-merged"}

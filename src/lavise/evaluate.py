@@ -132,7 +132,9 @@ class EvaluationReport:
         novel = self.ground_truth.get("novel_concepts")
         if novel:
             head += (f"; {self.ground_truth.get('filters_with_novel_ground_truth')} of them have a *novel* "
-                     f"ground-truth concept (one of {len(novel)} that no training reference annotates)")
+                     f"ground-truth concept (one of {len(novel)} that no training reference annotates")
+            named = self.ground_truth.get("novel_concepts_named_by_caption_targets")
+            head += f"; {len(named)} of those were caption targets in training)" if named else ")"
         head += ".\n\n"
         table = scores_table(list(self.rows), fmt="markdown")
         spec = ""
@@ -275,6 +277,8 @@ def evaluate(
             "most_common": counts.most_common(20),
             "unseen_concepts": sorted(unseen & usable),
             "novel_concepts": sorted(novel),
+            "novel_concepts_named_by_caption_targets": sorted(
+                novel - novel_concepts(novel, known_concepts(explainer, captions=True))),
             "filters_with_novel_ground_truth": sum(1 for g in gt_lists if set(g) & novel),
         },
         settings={"p": top, "s": config.s, "x": x, "quantile": config.quantile,
@@ -283,18 +287,20 @@ def evaluate(
     )
 
 
-def known_concepts(explainer: Explainer) -> set[str]:
-    """Every concept an explainer's training could have named (the complement of *novel*).
+def known_concepts(explainer: Explainer, *, captions: bool = False) -> set[str]:
+    """The concepts an explainer's training references annotate (the complement of *novel*).
 
     All concepts of its training references (seen, unseen, and those dropped for lack
-    of a word vector) plus the image-level target words it was trained on (caption
-    nouns), as recorded in the checkpoint.
+    of a word vector), as recorded in the checkpoint; with ``captions``, also the
+    caption nouns it was trained on as image-level targets (the strict reading:
+    concepts never named by any supervision).
     """
     split = explainer.split
     known = set(split.concepts) | set(split.missing) if split is not None else set()
     training = explainer.meta.get("training", {})
     known |= set(training.get("reference_concepts", ()))
-    known |= set(training.get("caption_words", ()))
+    if captions:
+        known |= set(training.get("caption_words", ()))
     return known
 
 

@@ -596,9 +596,9 @@ def novel_concepts(concepts: Iterable[str], known: Iterable[str]) -> set[str]:
 
     Args:
         concepts: Concept names of the evaluation set.
-        known: Every concept the explainer was supervised with or could have been:
-            all concepts of its training references (seen, unseen and without a word
-            vector) and any image-level target words (e.g. caption nouns).
+        known: The concepts of the explainer's training references (seen, unseen
+            and without a word vector); add image-level target words (caption nouns)
+            for the strict reading.
     """
     known_words: set[str] = set()
     for k in known:
