@@ -210,12 +210,17 @@ def train(
                                       + [v.select(torch.nonzero(~held(v)).flatten()) for v in views])
         held_pairs = pairs.select(torch.nonzero(is_held).flatten()) if is_held.any() else None
         weak_train = weak.select(torch.nonzero(~held(weak)).flatten()) if weak is not None else None
+        negatives, negative_words = config.loss_negatives, None
+        if negatives == "vocabulary":
+            negative_words = _negative_words(word_space, split_, weak, config)
+            if len(negative_words) == 0:
+                logger.info("no vocabulary word outside the concept names: eq. 1 negatives only")
+                negatives, negative_words = "all", None
         head, history = fit_head(
             train_pairs, held_pairs, split_, word_space,
             epochs=config.epochs, lr=config.lr, batch_size=config.batch_size, seed=config.seed,
-            margin=config.margin, negatives=config.loss_negatives, image_level=weak_train,
-            negative_words=_negative_words(word_space, split_, weak, config)
-            if config.loss_negatives == "vocabulary" else None,
+            margin=config.margin, negatives=negatives, image_level=weak_train,
+            negative_words=negative_words,
             device=config.resolved_device(), progress=config.progress,
         )
     references = [_absolute_spec(r) for r in (reference if isinstance(reference, (list, tuple)) else [reference])]

@@ -77,7 +77,7 @@ class Config:
     batch_size: int = 64
     holdout_fraction: float = 0.1
     margin: float = 1.0
-    loss_negatives: str = "all"
+    loss_negatives: str = "vocabulary"
     augment: tuple[str, ...] = ()
     captions: tuple[str, ...] = ()
     seed: int = 0
