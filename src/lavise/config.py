@@ -64,7 +64,7 @@ class Config:
     weights: str | None = None
     allow_pickle: bool = False
     layer: str | None = None
-    word_space: str = "glove-6b-50d"
+    word_space: str = "word2vec-300"
     vocabulary: str = "default"
     vocabulary_size: int | None = None
     explainer: str = "trained+conse"
