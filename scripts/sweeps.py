@@ -191,6 +191,8 @@ def main() -> None:
     ap.add_argument("--only", default=",".join(SWEEPS), help=f"sweeps: {', '.join(SWEEPS)}, levers")
     ap.add_argument("--levers", default=",".join(LEVERS), help=f"with --only levers: {', '.join(LEVERS)}")
     ap.add_argument("--cache-dir")
+    ap.add_argument("--set", action="append", default=[], metavar="FIELD=VALUE",
+                    help="override a Config field of the base setting (e.g. loss_negatives=vocabulary)")
     ap.add_argument("--pooling", default=None, help="pooling for the sweeps after the pooling sweep")
     ap.add_argument("--method", default=None, help="masking method for the sweeps after the pooling sweep")
     args = ap.parse_args()
@@ -200,6 +202,10 @@ def main() -> None:
     base = lavise.Config(progress=False, cache_dir=args.cache_dir, **({"pooling": args.pooling} if args.pooling else {}))
     if args.method:
         base = base.replace(method=args.method)
+    for item in args.set:
+        key, _, value = item.partition("=")
+        kind = type(getattr(base, key))
+        base = base.replace(**{key: value if kind in (str, type(None)) else kind(value)})
     one = (base.method,)
     methods = ("attention", "projection", "activation", "original")
     print(f"# sweeps, role {args.role}: train on {len(train_refs)} reference sets, evaluate on {target} {split}\n")
