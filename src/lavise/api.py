@@ -171,8 +171,13 @@ def train(
         exclude: Dataset spec(s) whose images are left out of training (e.g. the
             evaluation split), matched by image id.
 
+    ``config.augment`` adds the pairs of augmented views of every reference image
+    (features cached per view), ``config.captions`` the image-level pairs of caption
+    nouns, and ``config.loss_negatives`` / ``config.margin`` set the rank loss.
+
     Returns:
-        The explainer; its ``meta`` holds the per-epoch held-out accuracies.
+        The explainer; its ``meta`` holds the per-epoch held-out accuracies and the
+        caption target words (needed to tell novel concepts apart in evaluation).
     """
     config = with_overrides(config, overrides)
     start = time.time()
