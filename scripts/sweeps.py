@@ -15,6 +15,13 @@ Two roles, so that defaults are never tuned on the evaluation split:
 Usage:
     python scripts/sweeps.py --role dev --shared ../shared/data [--only kinds,vocabulary,...]
     python scripts/sweeps.py --role dev --only vocabulary-files --vocabulary-files old.txt,new.tsv
+    python scripts/sweeps.py --role dev --only levers      # issue 11's ablation table
+
+The ``levers`` sweep computes the target's ground truth once per quantile and scores
+each variant (a training setting, a combination setting, a ranking rule, p, T_u's
+quantile) for the explainer kinds ``trained`` and ``trained+conse``, with recall on
+unseen concepts (held out of training) and on *novel* ones (annotated by no training
+reference: on the development protocol, COCO's stuff categories).
 """
 
 from __future__ import annotations
@@ -28,6 +35,7 @@ import lavise
 from lavise.evaluate import evaluate
 
 SWEEPS = ("pooling", "kinds", "vocabulary", "vocabulary-files", "p", "s", "seen")
+LEVERS = ("base", "margin", "negatives", "combination", "ranking", "p-quantile", "captions", "augment", "all-data")
 
 
 def refs(role: str, shared: Path) -> tuple[list[str], list[str], str, str]:
@@ -57,12 +65,145 @@ def row(label: str, report, methods=("attention",)) -> list[str]:
 HEADER = ["| setting | method | R@5 | R@10 | R@20 | R@10 unseen | P@1 |", "|---|---|---:|---:|---:|---:|---:|"]
 
 
+class Bench:
+    """Ground truth of one target split, computed once per quantile, and a fast scorer."""
+
+    def __init__(self, target: str, split: str, config) -> None:
+        from lavise.api import open_dataset, prepare_model
+
+        self.model = prepare_model(None, config)
+        self.dataset = open_dataset(target, split, self.model)
+        self.config = config
+        self._gt: dict = {}
+        self._voc: dict = {}
+
+    def ground_truth(self, exp, config):
+        from lavise.api import features_of, filter_stats
+        from lavise.evaluate import compute_ground_truth
+
+        key = (exp.layer, config.quantile)
+        if key not in self._gt:
+            store = features_of(exp.model, exp.layer, self.dataset, config)
+            stats = filter_stats(store, config)
+            gt = compute_ground_truth(store, self.dataset, stats, progress=False)
+            self._gt[key] = (store, stats, gt)
+        return self._gt[key]
+
+    def score(self, label, exp, config, method="activation", weight_by_activation=False):
+        from lavise.evaluate import known_concepts
+        from lavise.explain import explain_filters
+        from lavise.metrics import novel_concepts, score_method
+        from lavise.vocabulary import load_vocabulary
+
+        store, stats, gt = self.ground_truth(exp, config)
+        filters = gt.filters_with_ground_truth
+        vkey = (config.vocabulary, config.vocabulary_size, exp.word_space.name)
+        if vkey not in self._voc:
+            self._voc[vkey] = load_vocabulary(config.vocabulary, exp.word_space, config.vocabulary_size,
+                                              concepts=exp.split.concepts)
+        res = explain_filters(exp, store, stats, self._voc[vkey], filters=filters, method=method,
+                              top=min(config.top_images, len(store.valid_indices())), s=config.s, x=20,
+                              weight_by_activation=weight_by_activation, progress=False)
+        gts = [list(gt.per_filter[u]) for u in filters]
+        concepts = set(c for g in gts for c in g)
+        novel = novel_concepts(concepts, known_concepts(exp))
+        strict = novel_concepts(concepts, known_concepts(exp, captions=True))
+        r = score_method(label, res.words(), gts, set(exp.split.unseen), novel=novel)
+        never = score_method(label, res.words(), gts, novel=strict).recall_novel if strict != novel else r.recall_novel
+        return r, never
+
+
+LEVER_HEADER = ["| lever | setting | kind | R@5 | R@10 | R@20 | R@10 unseen | R@10 novel | R@10 never named | P@1 |",
+                "|---|---|---|---:|---:|---:|---:|---:|---:|---:|"]
+
+
+def lever_row(lever: str, setting: str, kind: str, scores) -> str:
+    r, never = scores
+    unseen = (r.recall_unseen or {}).get(10, float("nan"))
+    novel = (r.recall_novel or {}).get(10, float("nan"))
+    strict = (never or {}).get(10, float("nan"))
+    return (f"| {lever} | {setting} | {kind} | " + " | ".join(f"{r.recall[k]:.3f}" for k in (5, 10, 20))
+            + f" | {unseen:.3f} | {novel:.3f} | {strict:.3f} | {r.precision_at_1:.3f} |")
+
+
+def levers(base, train_refs, exclude, target, split, only, shared: Path, kinds=("trained", "trained+conse")) -> None:
+    """Issue 11's levers on one protocol, one line per (lever, setting, kind)."""
+    bench = Bench(target, split, base)
+    captions = tuple(str(p) for p in sorted((shared).glob("coco-*/annotations/captions_*2017.json")))
+
+    def train(config, refs=train_refs):
+        return lavise.train(bench.model, refs, None, config=config, exclude=exclude)
+
+    def emit(lever, setting, exp, config, only_kinds=kinds, **kw):
+        lines = []
+        for kind in only_kinds:
+            e = exp.with_kind(kind)
+            lines.append(lever_row(lever, setting, kind, bench.score(setting, e, config, **kw)))
+        print("\n".join(lines), flush=True)
+
+    print("\n".join(LEVER_HEADER), flush=True)
+    exp = train(base)
+
+    def lever_base():
+        emit("none", "defaults", exp, base)
+
+    def lever_margin():
+        for m in (0.5, 0.1):
+            cfg = base.replace(margin=m)
+            emit("loss margin", f"margin {m}", train(cfg), cfg)
+
+    def lever_negatives():
+        cfg = base.replace(loss_negatives="vocabulary")
+        emit("loss negatives", "+ 256 vocabulary words per step", train(cfg), cfg)
+        cfg = base.replace(loss_negatives="hardest")
+        emit("loss negatives", "hardest only", train(cfg), cfg)
+
+    def lever_combination():
+        for w in (0.5, 1.5, 2.0):
+            emit("trained+ConSE", f"ConSE weight {w}", exp.with_combination(conse_weight=w), base,
+                 only_kinds=("trained+conse",))
+        for t in (3, 20):
+            emit("trained+ConSE", f"ConSE top T={t}", exp.with_combination(conse_top=t), base,
+                 only_kinds=("trained+conse",))
+
+    def lever_ranking():
+        emit("word ranking", "activation-weighted votes", exp, base, weight_by_activation=True)
+
+    def lever_p_quantile():
+        for q, p in ((0.005, 10), (0.01, 5), (0.01, 10), (0.02, 5), (0.02, 10)):
+            cfg = base.replace(quantile=q, top_images=p)
+            emit("p, T_u quantile", f"quantile {q}, p={p}", exp, cfg)
+
+    def lever_captions():
+        cfg = base.replace(captions=captions)
+        emit("captions", "caption nouns (>= 2 of 5 captions)", train(cfg), cfg)
+
+    def lever_augment():
+        for views in (("hflip",), ("hflip", "zoom")):
+            cfg = base.replace(augment=views)
+            emit("augmented pairs", "+".join(views), train(cfg), cfg)
+
+    def lever_all_data():
+        gender = f"folder:{shared / 'coco-gender' / 'val2017'}"
+        cfg = base.replace(captions=captions)
+        emit("all data", "+ coco-gender (captions only)", train(cfg, [*train_refs, gender]), cfg)
+
+    table = {"base": lever_base, "margin": lever_margin, "negatives": lever_negatives,
+             "combination": lever_combination, "ranking": lever_ranking, "p-quantile": lever_p_quantile,
+             "captions": lever_captions, "augment": lever_augment, "all-data": lever_all_data}
+    for name in only:
+        table[name]()
+
+
 def main() -> None:
     ap = argparse.ArgumentParser()
     ap.add_argument("--role", choices=["dev", "eval", "ade"], default="dev")
     ap.add_argument("--shared", type=Path, default=Path(__file__).resolve().parents[2] / "shared" / "data")
-    ap.add_argument("--only", default=",".join(SWEEPS))
+    ap.add_argument("--only", default=",".join(SWEEPS), help=f"sweeps: {', '.join(SWEEPS)}, levers")
+    ap.add_argument("--levers", default=",".join(LEVERS), help=f"with --only levers: {', '.join(LEVERS)}")
     ap.add_argument("--cache-dir")
+    ap.add_argument("--set", action="append", default=[], metavar="FIELD=VALUE",
+                    help="override a Config field of the base setting (e.g. loss_negatives=vocabulary)")
     ap.add_argument("--pooling", default=None, help="pooling for the sweeps after the pooling sweep")
     ap.add_argument("--method", default=None, help="masking method for the sweeps after the pooling sweep")
     ap.add_argument("--vocabulary-files", default="",
@@ -74,10 +215,19 @@ def main() -> None:
     base = lavise.Config(progress=False, cache_dir=args.cache_dir, **({"pooling": args.pooling} if args.pooling else {}))
     if args.method:
         base = base.replace(method=args.method)
+    for item in args.set:
+        key, _, value = item.partition("=")
+        kind = type(getattr(base, key))
+        base = base.replace(**{key: value if kind in (str, type(None)) else kind(value)})
     one = (base.method,)
     methods = ("attention", "projection", "activation", "original")
     print(f"# sweeps, role {args.role}: train on {len(train_refs)} reference sets, evaluate on {target} {split}\n")
     t0 = time.time()
+    if "levers" in only:
+        print(f"## levers (method {base.method}, pooling {base.pooling})\n")
+        levers(base, train_refs, exclude, target, split, args.levers.split(","), args.shared)
+        print(f"\n({time.time() - t0:.0f} s)")
+        return
 
     def trained(config):
         return lavise.train(None, train_refs, None, config=config, exclude=exclude)

@@ -48,3 +48,32 @@ def test_split_suffix_and_exclusion_of_evaluation_images(sample_dir):
     train_only = open_dataset([f"{spec}@train2017", f"{spec}@val2017"], None, model, exclude_hashes=val.image_hashes)
     assert len(train_only) == 100 and not set(train_only.image_ids) & set(val.image_ids)
     assert not set(train_only.image_hashes) & set(val.image_hashes)
+
+
+def test_train_with_augmented_views_and_caption_nouns(reference, tmp_path):
+    import json
+    from pathlib import Path
+
+    if not Path("/usr/share/wordnet/index.noun").is_file():
+        pytest.skip("WordNet (wordnet-base) not installed")
+
+    caps = {"images": [{"id": i, "file_name": f"img{i:03d}.jpg"} for i in range(4)],
+            "annotations": [{"image_id": i, "id": 10 * i + j, "caption": c}
+                            for i in range(4) for j, c in enumerate(
+                                ["A dog on the grass near a road.", "Grass and a road in front.",
+                                 "The picture of a kitchen."])]}
+    (tmp_path / "captions.json").write_text(json.dumps(caps))
+    config = lavise.Config(cache_dir=str(tmp_path / "c"), progress=False, epochs=2, batch_size=4,
+                           seen_fraction=1.0, augment=("hflip", "zoom"),
+                           captions=(str(tmp_path / "captions.json"),))
+    explainer = lavise.train(tiny_model(), reference, config=config, out=tmp_path / "ckpt")
+    t = explainer.meta["training"]
+    assert t["augmented_pairs"] == 2 * t["pairs"]  # image-folder masks cover the whole image
+    assert {"grass", "road"} <= set(t["caption_words"])
+    assert "kitchen" not in t["caption_words"] and "picture" not in t["caption_words"]  # 1 caption; filler
+    assert t["caption_pairs"] == 16 * len(t["caption_words"])  # 16 images share the 4 file names
+    assert list(t["settings"]["augment"]) == ["hflip", "zoom"]
+    # Each view's features are cached once: a second training extracts nothing new.
+    before = sorted(p.name for p in (tmp_path / "c").rglob("*") if p.is_dir())
+    lavise.train(tiny_model(), reference, config=config)
+    assert sorted(p.name for p in (tmp_path / "c").rglob("*") if p.is_dir()) == before

@@ -130,3 +130,17 @@ def test_explainer_kind_override_applies_to_a_checkpoint(resnet_checkpoint):
     assert resolve_explainer(root / "ckpt", config).kind == "trained"
     # a 1000-way local state_dict gets the ImageNet class names, so ConSE is available
     assert resolve_explainer(root / "ckpt", config, kind="conse").kind == "conse"
+
+
+def test_train_flags_of_the_issue_11_levers_reach_the_config():
+    from lavise.cli import _config_from, build_parser
+
+    args = build_parser().parse_args([
+        "train", "--reference", "coco-instances:x", "--out", "y", "--augment", "hflip", "--augment", "zoom",
+        "--captions", "c.json", "--loss-negatives", "hardest", "--margin", "0.5", "--conse-weight", "1.5",
+        "--conse-top", "3"])
+    config = _config_from(args)
+    assert config.augment == ("hflip", "zoom") and config.captions == ("c.json",)
+    assert (config.loss_negatives, config.margin, config.conse_weight, config.conse_top) == ("hardest", 0.5, 1.5, 3)
+    with pytest.raises(SystemExit):
+        build_parser().parse_args(["train", "--reference", "x", "--out", "y", "--augment", "rotate"])

@@ -145,3 +145,78 @@ def test_conse_needs_a_layer_that_feeds_the_classifier():
         Explainer(model, "features.0", toy_space(), "conse")
     with pytest.raises(ValueError, match="trained head"):
         Explainer(model, "features", toy_space(), "trained")
+
+
+# ------------------------------------------------------------ issue 11: loss, weak pairs, combination
+
+
+def test_hardest_negative_loss_keeps_only_the_worst_violator():
+    pred = torch.tensor([[1.0, 0.0], [0.0, 1.0]])
+    cands = F.normalize(torch.tensor([[1.0, 0.0], [0.0, 1.0], [1.0, 1.0]]), dim=1)
+    t = torch.tensor([0, 1])
+    sims = pred @ cands.T
+    per = (0.5 - sims.gather(1, t[:, None]) + sims).clamp(min=0).scatter(1, t[:, None], 0.0)
+    assert torch.allclose(hinge_rank_loss(pred, t, cands, 0.5, negatives="hardest"), per.amax(1).mean())
+    assert torch.allclose(hinge_rank_loss(pred, t, cands, 0.5), per.sum(1).mean())
+    with pytest.raises(ValueError, match="negatives"):
+        hinge_rank_loss(pred, t, cands, negatives="some")
+
+
+def test_also_positive_candidates_are_not_negatives():
+    pred = torch.tensor([[1.0, 0.0]])
+    cands = F.normalize(torch.tensor([[1.0, 0.0], [1.0, 0.1], [0.0, 1.0]]), dim=1)
+    t = torch.tensor([0])
+    full = hinge_rank_loss(pred, t, cands, 1.0)
+    masked = hinge_rank_loss(pred, t, cands, 1.0, also_positive=torch.tensor([[False, True, False]]))
+    near = (1.0 - 1.0 + cands[1, 0]).clamp(min=0)
+    assert torch.allclose(full - masked, near)
+
+
+def test_image_level_pairs_join_training_as_extra_targets():
+    space = toy_space()
+    pairs = _synthetic_pairs(space)
+    split = split_concepts(["dog", "cat", "car", "tree"], 1.0)
+    keep = torch.tensor([i for i, c in enumerate(pairs.concepts) if c in split.concepts])
+    masks = pairs.select(keep)
+    # Weak pairs: words that no mask annotates ("sky", "grass"), two per image.
+    weak_rows = torch.tensor([i for i, c in enumerate(pairs.concepts) if c in ("sky", "grass")])
+    weak = pairs.select(weak_rows)
+    weak = ConceptFeatures(weak.pooled, weak.concepts, weak.images, torch.ones(len(weak.concepts)))
+    head, _ = fit_head(masks, None, split, space, epochs=15, lr=3e-3, image_level=weak, progress=False)
+    with torch.no_grad():
+        out = F.normalize(head.eval()(weak.pooled), dim=1)
+    sky, grass = space.vector("sky"), space.vector("grass")
+    is_sky = torch.tensor([c == "sky" for c in weak.concepts])
+    closer = (out @ sky > out @ grass) == is_sky
+    assert closer.float().mean() > 0.8  # the head learned words no mask names
+
+
+def test_conse_weight_scales_conse_in_the_combination(tmp_path):
+    exp = _explainer("trained+conse").with_combination(conse_weight=2.0, conse_top=3)
+    assert exp.conse_top == 3
+    x = torch.randn(4, 6)
+    expected = F.normalize(exp.trained(x) + 2.0 * exp.conse(x), dim=1)
+    assert torch.allclose(exp.embed(x), expected, atol=1e-6)
+    exp.save(tmp_path / "ck")
+    back = Explainer.load(tmp_path / "ck", model=exp.model, word_space=exp.word_space)
+    assert back.conse_weight == 2.0
+    with pytest.raises(ValueError, match="weight"):
+        exp.with_combination(conse_weight=-1)
+
+
+def test_vocabulary_negatives_push_the_head_away_from_other_words():
+    space = toy_space()
+    pairs = _synthetic_pairs(space)
+    split = split_concepts(["dog", "cat", "car", "tree"], 1.0)
+    keep = torch.tensor([i for i, c in enumerate(pairs.concepts) if c in split.concepts])
+    train = pairs.select(keep)
+    others = torch.stack([space.vector(w) for w in ("sky", "grass", "road", "water")])
+    head, history = fit_head(train, None, split, space, epochs=10, lr=3e-3, negatives="vocabulary",
+                             negative_words=others, progress=False)
+    with torch.no_grad():
+        out = F.normalize(head.eval()(train.pooled), dim=1)
+    truth = torch.stack([space.vector(c) for c in train.concepts])
+    # Each pair is closer to its own concept than to every never-target word.
+    assert ((out * truth).sum(1) > (out @ others.T).amax(1)).float().mean() > 0.9
+    with pytest.raises(ValueError, match="negative_words"):
+        fit_head(train, None, split, space, epochs=1, negatives="vocabulary", progress=False)

@@ -32,6 +32,7 @@ def test_table_has_every_method_and_baseline_in_range(report, tmp_path):
         values = list(r.recall.values()) + list((r.recall_unseen or {}).values()) + [r.precision_at_1]
         assert all(0.0 <= v <= 1.0 for v in values), r
     assert 0 < report.ground_truth["filters_with_ground_truth"] <= 1280
+    assert "novel_concepts" in report.ground_truth  # trained on panoptic train2017 too: few or none
     md, cs, js = report.save(tmp_path)
     assert "| attention |" in md.read_text() and "recall@10" in cs.read_text()
     assert json.loads(js.read_text())["layer"] == "_head_act"

@@ -358,3 +358,46 @@ def test_skipping_silent_filters_matches_the_full_computation():
         for k, c in enumerate(ids[i].tolist()):
             inter[:, c] += (a * masks[i][k].reshape(-1).long()).sum(1)
     assert torch.equal(acc.intersection.cpu(), inter) and torch.equal(acc.act_area.cpu(), act_total)
+
+
+# ------------------------------------------------------------ novel concepts (issue 11)
+
+
+def test_novel_concepts_are_those_no_known_concept_names():
+    from lavise.metrics import novel_concepts
+
+    known = ["traffic light", "dog", "dining table"]
+    got = novel_concepts(["wall-other-merged", "light", "dog", "table", "sky", "tree-merged"], known)
+    assert got == {"wall-other-merged", "sky", "tree-merged"}  # light, table: tokens of known names
+
+
+def test_score_method_reports_recall_on_novel_concepts_only():
+    from lavise.metrics import MethodScores, score_method, scores_table
+
+    words = [["sky", "dog"], ["cat", "car"], ["wall", "x"]]
+    gts = [["sky", "dog"], ["cat"], ["dog"]]
+    r = score_method("m", words, gts, unseen=["cat"], ks=(1, 2), novel=["sky", "wall"])
+    assert r.filters_with_novel_ground_truth == 1  # only filter 0 has a novel GT concept
+    assert r.recall_novel == {1: 1.0, 2: 1.0}
+    assert MethodScores.from_dict(r.to_dict()) == r
+    table = scores_table([r])
+    assert "recall@2 (novel)" in table
+    none = score_method("m", words, gts, ks=(1,), novel=["grass"])
+    assert none.recall_novel is None and none.filters_with_novel_ground_truth == 0
+    assert "(novel)" not in scores_table([score_method("m", words, gts, ks=(1,))])
+
+
+def test_known_concepts_read_from_the_checkpoint_with_or_without_caption_targets():
+    from types import SimpleNamespace
+
+    from lavise.evaluate import known_concepts
+    from lavise.explainer import ConceptSplit
+    from lavise.metrics import novel_concepts
+
+    split = ConceptSplit(concepts=("dog", "cat"), seen=("dog",), unseen=("cat",), missing=("hair drier",))
+    exp = SimpleNamespace(split=split, meta={"training": {"caption_words": ["grass"]}})
+    assert known_concepts(exp) == {"dog", "cat", "hair drier"}
+    assert known_concepts(exp, captions=True) == {"dog", "cat", "hair drier", "grass"}
+    gt = {"dog", "grass-merged", "sky-other-merged", "hair brush"}
+    assert novel_concepts(gt, known_concepts(exp)) == {"grass-merged", "sky-other-merged"}  # hair: known token
+    assert novel_concepts(gt, known_concepts(exp, captions=True)) == {"sky-other-merged"}

@@ -21,7 +21,9 @@ from lavise.config import Config
 from lavise.datasets import ReferenceDataset, list_dataset_formats, load_dataset
 from lavise.explain import Explanations, explain_filters
 from lavise.explainer import (
+    ConceptFeatures,
     Explainer,
+    concat_features,
     fit_head,
     pool_concept_features,
     split_concepts,
@@ -172,8 +174,13 @@ def train(
         exclude: Dataset spec(s) whose images are left out of training (e.g. the
             evaluation split), matched by content (the hash of each file's bytes).
 
+    ``config.augment`` adds the pairs of augmented views of every reference image
+    (features cached per view), ``config.captions`` the image-level pairs of caption
+    nouns, and ``config.loss_negatives`` / ``config.margin`` set the rank loss.
+
     Returns:
-        The explainer; its ``meta`` holds the per-epoch held-out accuracies.
+        The explainer; its ``meta`` holds the per-epoch held-out accuracies and the
+        caption target words (needed to tell novel concepts apart in evaluation).
     """
     config = with_overrides(config, overrides)
     start = time.time()
@@ -197,15 +204,31 @@ def train(
                                   pooling=config.pooling)
     _, kept, missing = word_space.concept_matrix(sorted(set(pairs.concepts)))
     split_ = split_concepts(kept, config.seen_fraction, config.seed, missing)
+    views = _augmented_pairs(target, layer, dataset, store, config)
+    weak = _caption_pairs(store, dataset, word_space, split_, config)
     head, history = None, []
     if "trained" in config.explainer:
         heldout_rows = _holdout_rows(store, config.holdout_fraction, config.seed)
-        is_held = torch.tensor([int(r) in heldout_rows for r in pairs.images.tolist()], dtype=torch.bool)
-        train_pairs = pairs.select(torch.nonzero(~is_held).flatten())
+
+        def held(p: ConceptFeatures) -> torch.Tensor:
+            return torch.tensor([int(r) in heldout_rows for r in p.images.tolist()], dtype=torch.bool)
+
+        is_held = held(pairs)
+        train_pairs = concat_features([pairs.select(torch.nonzero(~is_held).flatten())]
+                                      + [v.select(torch.nonzero(~held(v)).flatten()) for v in views])
         held_pairs = pairs.select(torch.nonzero(is_held).flatten()) if is_held.any() else None
+        weak_train = weak.select(torch.nonzero(~held(weak)).flatten()) if weak is not None else None
+        negatives, negative_words = config.loss_negatives, None
+        if negatives == "vocabulary":
+            negative_words = _negative_words(word_space, split_, weak, config)
+            if len(negative_words) == 0:
+                logger.info("no vocabulary word outside the concept names: eq. 1 negatives only")
+                negatives, negative_words = "all", None
         head, history = fit_head(
             train_pairs, held_pairs, split_, word_space,
             epochs=config.epochs, lr=config.lr, batch_size=config.batch_size, seed=config.seed,
+            margin=config.margin, negatives=negatives, image_level=weak_train,
+            negative_words=negative_words,
             device=config.resolved_device(), progress=config.progress,
         )
     references = [_absolute_spec(r) for r in (reference if isinstance(reference, (list, tuple)) else [reference])]
@@ -218,19 +241,78 @@ def train(
             "image_hashes": list(dataset.image_hashes),
             "unreadable_images": sorted(store.failed),
             "pairs": len(pairs.concepts),
+            "augmented_pairs": sum(len(v.concepts) for v in views),
+            "caption_pairs": 0 if weak is None else len(weak.concepts),
+            "caption_words": sorted(set(weak.concepts)) if weak is not None else [],
             "settings": {k: config.to_dict()[k] for k in
-                         ("seen_fraction", "epochs", "lr", "batch_size", "holdout_fraction", "seed")},
+                         ("seen_fraction", "epochs", "lr", "batch_size", "holdout_fraction", "seed",
+                          "margin", "loss_negatives", "augment", "captions")},
             "history": [m.to_dict() for m in history],
             "seconds": round(time.time() - start, 2),
         },
         "created": time.strftime("%Y-%m-%dT%H:%M:%S"),
     }
     explainer = Explainer(target, layer, word_space, config.explainer, head, split_, config.conse_top, meta,
-                          pooling=config.pooling)
+                          pooling=config.pooling, conse_weight=config.conse_weight)
     if out is not None:
         explainer.save(out)
         logger.info("checkpoint written to %s", out)
     return explainer
+
+
+def _augmented_pairs(target: TargetModel, layer: str, dataset: Any, store: FeatureStore,
+                     config: Config) -> list[ConceptFeatures]:
+    """Pooled pairs of each augmented view (features cached per view), rows mapped to ``store``'s."""
+    from lavise.augment import AugmentedView
+
+    row_of = {str(k): i for i, k in enumerate(store.ids)}
+    out = []
+    for view in config.augment:
+        vds = AugmentedView(dataset, view)
+        vstore = features_of(target, layer, vds, config)
+        vp = pool_concept_features(vstore, vds, num_workers=config.workers(), progress=config.progress,
+                                   pooling=config.pooling)
+        base_row = torch.tensor([row_of[str(k).rsplit("#", 1)[0]] for k in vstore.ids], dtype=torch.long)
+        vp.images = base_row[vp.images]
+        out.append(vp)
+        logger.info("augmented view %s: %d pairs", view, len(vp.concepts))
+    return out
+
+
+def _negative_words(word_space: WordSpace, split: Any, weak: ConceptFeatures | None,
+                    config: Config) -> torch.Tensor:
+    """Vectors of the vocabulary words that name no reference concept and no caption target."""
+    from lavise.metrics import concept_match_words
+
+    vocabulary = load_vocabulary(config.vocabulary, word_space, config.vocabulary_size,
+                                 concepts=split.concepts)
+    named: set[str] = set(weak.concepts) if weak is not None else set()
+    for c in (*split.concepts, *split.missing):
+        named |= concept_match_words(c)
+    rows = [i for i, w in enumerate(vocabulary.words) if w not in named]
+    return vocabulary.vectors[rows]
+
+
+def _caption_pairs(store: FeatureStore, dataset: Any, word_space: WordSpace, split: Any,
+                   config: Config) -> ConceptFeatures | None:
+    """Image-level (whole image, caption noun) pairs, or None without caption files."""
+    if not config.captions:
+        return None
+    from lavise.captions import image_level_pairs, read_captions
+    from lavise.metrics import concept_match_words
+
+    captions = read_captions(config.captions)
+    vocabulary = load_vocabulary(config.vocabulary, word_space, config.vocabulary_size,
+                                 concepts=split.concepts)
+    allowed = set(vocabulary.words) & set(word_space.index)
+    held_out: set[str] = set()
+    for c in split.unseen:  # unseen concepts stay unseen: never a caption target
+        held_out |= concept_match_words(c)
+    weak = image_level_pairs(store, dataset, captions, allowed, exclude_words=held_out)
+    if not weak.concepts:
+        logger.warning("no training image has captions in %s", ", ".join(config.captions))
+        return None
+    return weak
 
 
 def explain(

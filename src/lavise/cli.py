@@ -67,8 +67,9 @@ def _add_words(p: argparse.ArgumentParser) -> None:
 
 
 def build_parser() -> argparse.ArgumentParser:
+    from lavise.augment import AUGMENT_VIEWS
     from lavise.datasets import list_dataset_formats
-    from lavise.explainer import EXPLAINER_KINDS, POOLINGS
+    from lavise.explainer import EXPLAINER_KINDS, LOSS_NEGATIVES, POOLINGS
 
     parser = argparse.ArgumentParser(
         prog="lavise",
@@ -101,7 +102,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--split", help="split of the reference data, e.g. train2017 (FORMAT:PATH@SPLIT overrides it)")
     p.add_argument("--exclude", action="append",
                    help="FORMAT:PATH[@SPLIT] whose images are left out of training (e.g. the evaluation split)")
-    p.add_argument("--embeddings", dest="word_space", help="word space: glove-6b-50d (default), a GloVe/word2vec text file or a word2vec binary file")
+    p.add_argument("--embeddings", dest="word_space", help="word space: word2vec-300 (default), glove-6b-50d, a GloVe/word2vec text file or a word2vec binary file")
     p.add_argument("--explainer", choices=EXPLAINER_KINDS, help="explainer kind (default trained+conse)")
     p.add_argument("--seen-fraction", type=float, help="share of categories that supervise training (default 0.7)")
     p.add_argument("--pooling", choices=POOLINGS, help="pooling of masked features: mean (paper, default) or rescaled")
@@ -109,6 +110,15 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--lr", type=float)
     p.add_argument("--batch-size", type=int)
     p.add_argument("--seed", type=int)
+    p.add_argument("--margin", type=float, help="hinge margin of the rank loss (default 1)")
+    p.add_argument("--loss-negatives", choices=LOSS_NEGATIVES,
+                   help="negatives of the rank loss: all (eq. 1, default), hardest, vocabulary")
+    p.add_argument("--augment", action="append", choices=list(AUGMENT_VIEWS),
+                   help="augmented view of every reference image whose pairs join training (repeatable; cached)")
+    p.add_argument("--captions", action="append",
+                   help="COCO captions JSON: its nouns become image-level targets (repeatable)")
+    p.add_argument("--conse-weight", type=float, help="weight of ConSE against the trained head (default 1)")
+    p.add_argument("--conse-top", type=int, help="T, the top classes ConSE averages (default 10)")
     p.add_argument("--out", type=Path, required=True, help="checkpoint folder")
     _add_runtime(p)
 

@@ -29,6 +29,7 @@ class Config:
             vocabulary (by default they are removed from every vocabulary).
         explainer: ``trained``, ``conse`` or ``trained+conse``.
         conse_top: T, the classes ConSE averages.
+        conse_weight: Weight of ConSE against the trained head in ``trained+conse``.
         pooling: ``mean`` (paper: global average of the masked map) or ``rescaled``
             (that vector scaled to the norm of the image's unmasked average).
         seen_fraction: Share of reference categories that supervise training.
@@ -36,6 +37,15 @@ class Config:
         lr: Adam learning rate.
         batch_size: (image, concept) pairs per training step.
         holdout_fraction: Share of reference images held out for per-epoch accuracy.
+        margin: Hinge margin of the rank loss (eq. 1).
+        loss_negatives: ``all`` (eq. 1), ``hardest`` (one negative per pair) or
+            ``vocabulary`` (eq. 1 plus 256 vocabulary words per step that name no
+            reference concept).
+        augment: Augmented views of each reference image whose pooled pairs join
+            training (``hflip``, ``crop-tl``, ``crop-br``, ``zoom``; features extracted
+            once per view and cached; see :mod:`lavise.augment`).
+        captions: COCO captions JSON files; the nouns of a training image's captions
+            become image-level targets beside its masks (see :mod:`lavise.captions`).
         seed: Seed of the concept split, the hold-out images and training.
         method: Masking method used to explain filters.
         quantile: p of the threshold T_u (fraction of activations above it).
@@ -56,18 +66,23 @@ class Config:
     weights: str | None = None
     allow_pickle: bool = False
     layer: str | None = None
-    word_space: str = "glove-6b-50d"
+    word_space: str = "word2vec-300"
     vocabulary: str = "default"
     vocabulary_size: int | None = None
     allow_offensive: bool = False
     explainer: str = "trained+conse"
     conse_top: int = 10
+    conse_weight: float = 1.0
     pooling: str = "mean"
     seen_fraction: float = 0.7
     epochs: int = 30
     lr: float = 1e-3
     batch_size: int = 64
     holdout_fraction: float = 0.1
+    margin: float = 1.0
+    loss_negatives: str = "vocabulary"
+    augment: tuple[str, ...] = ()
+    captions: tuple[str, ...] = ()
     seed: int = 0
     method: str = "activation"
     quantile: float = 0.005
@@ -95,6 +110,10 @@ class Config:
             (self.lr > 0, f"learning rate must be > 0, got {self.lr}"),
             (self.batch_size >= 2, f"batch size must be >= 2, got {self.batch_size}"),
             (self.conse_top >= 1, f"ConSE top T must be >= 1, got {self.conse_top}"),
+            (self.conse_weight >= 0, f"ConSE weight must be >= 0, got {self.conse_weight}"),
+            (self.margin > 0, f"margin must be > 0, got {self.margin}"),
+            (self.loss_negatives in ("all", "hardest", "vocabulary"),
+             f"unknown loss negatives {self.loss_negatives!r} (valid: all, hardest, vocabulary)"),
             (self.image_batch_size >= 1, f"image batch size must be >= 1, got {self.image_batch_size}"),
             (self.num_workers is None or self.num_workers >= 0, f"workers must be >= 0, got {self.num_workers}"),
             (self.vocabulary_size is None or self.vocabulary_size >= 1,
@@ -106,6 +125,13 @@ class Config:
         for ok, message in checks:
             if not ok:
                 raise ValueError(message)
+        object.__setattr__(self, "augment", tuple(self.augment))
+        object.__setattr__(self, "captions", tuple(str(c) for c in self.captions))
+        from lavise.augment import AUGMENT_VIEWS
+
+        bad = [v for v in self.augment if v not in AUGMENT_VIEWS]
+        if bad:
+            raise ValueError(f"unknown augmented view {bad[0]!r} (valid: {', '.join(AUGMENT_VIEWS)})")
         from lavise.masking import list_masking_methods
 
         if self.method not in list_masking_methods():

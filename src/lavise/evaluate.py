@@ -30,6 +30,7 @@ from lavise.metrics import (
     MethodScores,
     WordNetSynonyms,
     constant_baseline,
+    novel_concepts,
     random_words_baseline,
     score_method,
     scores_table,
@@ -127,7 +128,14 @@ class EvaluationReport:
     def to_markdown(self) -> str:
         head = (f"**{self.model} `{self.layer}`**, explainer `{self.explainer}`, target/reference "
                 f"{self.dataset}: {self.ground_truth.get('filters_with_ground_truth')} of "
-                f"{self.ground_truth.get('num_filters')} filters have ground truth.\n\n")
+                f"{self.ground_truth.get('num_filters')} filters have ground truth")
+        novel = self.ground_truth.get("novel_concepts")
+        if novel:
+            head += (f"; {self.ground_truth.get('filters_with_novel_ground_truth')} of them have a *novel* "
+                     f"ground-truth concept (one of {len(novel)} that no training reference annotates")
+            named = self.ground_truth.get("novel_concepts_named_by_caption_targets")
+            head += f"; {len(named)} of those were caption targets in training)" if named else ")"
+        head += ".\n\n"
         table = scores_table(list(self.rows), fmt="markdown")
         spec = ""
         if self.specificity:
@@ -212,6 +220,7 @@ def evaluate(
         raise ValueError("no filter has ground truth on this dataset (IoU > 0.04 with no concept)")
     gt_lists = [list(gt.per_filter[u]) for u in filters]
     unseen = set(explainer.split.unseen)
+    novel = novel_concepts(usable, known_concepts(explainer))
     vocabulary = load_vocabulary(config.vocabulary, explainer.word_space, config.vocabulary_size,
                                  concepts=explainer.split.concepts, allow_offensive=config.allow_offensive)
     x = max(ks)
@@ -232,10 +241,14 @@ def evaluate(
     if baselines:
         predictions.update(_baselines(gt, filters, vocabulary, x, explainer, config, train_reference,
                                       train_split, dataset, resolution))
+        novel_gt = [[c for c in g if c in novel] for g in gt_lists]
+        if any(novel_gt):
+            predictions["constant (oracle: eval-split top novel concepts)"] = constant_baseline(novel_gt, x)
     for name, words in predictions.items():
-        rows.append(score_method(name, words, gt_lists, unseen, ks=tuple(ks)))
+        rows.append(score_method(name, words, gt_lists, unseen, ks=tuple(ks), novel=novel))
         if syn is not None and not name.startswith("netdissect"):
-            rows.append(score_method(f"{name} (+synonyms)", words, gt_lists, unseen, ks=tuple(ks), synonyms=syn))
+            rows.append(score_method(f"{name} (+synonyms)", words, gt_lists, unseen, ks=tuple(ks), synonyms=syn,
+                                     novel=novel))
     specificity = {}
     if baselines:
         for method in methods:
@@ -257,6 +270,10 @@ def evaluate(
             "iou_threshold": gt.threshold,
             "most_common": counts.most_common(20),
             "unseen_concepts": sorted(unseen & usable),
+            "novel_concepts": sorted(novel),
+            "novel_concepts_named_by_caption_targets": sorted(
+                novel - novel_concepts(novel, known_concepts(explainer, captions=True))),
+            "filters_with_novel_ground_truth": sum(1 for g in gt_lists if set(g) & novel),
         },
         settings={"p": top, "s": config.s, "x": x, "quantile": config.quantile,
                   "vocabulary": config.vocabulary, "vocabulary_size": len(vocabulary),
@@ -291,6 +308,23 @@ def _check_disjoint(explainer: Explainer, dataset: Any) -> None:
             f"{len(overlap)} evaluation images were used to train the explainer (e.g. {first}, "
             "compared by file content); evaluate on a disjoint split or train with --exclude"
         )
+
+
+def known_concepts(explainer: Explainer, *, captions: bool = False) -> set[str]:
+    """The concepts an explainer's training references annotate (the complement of *novel*).
+
+    All concepts of its training references (seen, unseen, and those dropped for lack
+    of a word vector), as recorded in the checkpoint; with ``captions``, also the
+    caption nouns it was trained on as image-level targets (the strict reading:
+    concepts never named by any supervision).
+    """
+    split = explainer.split
+    known = set(split.concepts) | set(split.missing) if split is not None else set()
+    training = explainer.meta.get("training", {})
+    known |= set(training.get("reference_concepts", ()))
+    if captions:
+        known |= set(training.get("caption_words", ()))
+    return known
 
 
 def _baselines(

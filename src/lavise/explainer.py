@@ -10,7 +10,8 @@ Two kinds, and their combination:
 * ``conse`` -- ConSE (Norouzi et al. 2013): the model's own classifier applied to the
   pooled vector, and the probability-weighted mean of its top-T class names' vectors.
   Needs no training, only a layer that feeds the classification head.
-* ``trained+conse`` -- the sum of both normalised outputs.
+* ``trained+conse`` -- the sum of both normalised outputs, ConSE's weighted by
+  ``conse_weight`` (1: equal weights).
 """
 
 from __future__ import annotations
@@ -44,6 +45,7 @@ __all__ = [
     "EXPLAINER_KINDS",
     "ExplainerHead",
     "hinge_rank_loss",
+    "LOSS_NEGATIVES",
     "ConceptSplit",
     "ConceptFeatures",
     "EpochMetrics",
@@ -100,8 +102,14 @@ class ExplainerHead(nn.Module):
         return self.net(pooled)
 
 
+LOSS_NEGATIVES = ("all", "hardest", "vocabulary")
+#: Vocabulary words drawn per training step as extra negatives (``negatives="vocabulary"``).
+VOCABULARY_NEGATIVES = 256
+
+
 def hinge_rank_loss(
-    predicted: torch.Tensor, targets: torch.Tensor, concept_vectors: torch.Tensor, margin: float = 1.0
+    predicted: torch.Tensor, targets: torch.Tensor, concept_vectors: torch.Tensor, margin: float = 1.0,
+    *, negatives: str = "all", also_positive: torch.Tensor | None = None,
 ) -> torch.Tensor:
     """Eq. 1: sum over negatives of max(0, margin - cos(v_t, v) + cos(v_c, v)), mean over positives.
 
@@ -110,11 +118,23 @@ def hinge_rank_loss(
         targets: (B,) index of each row's true concept in ``concept_vectors``.
         concept_vectors: (C, e) L2-normalised concept vectors (the candidates).
         margin: Hinge margin (1 in the paper).
+        negatives: ``all`` (eq. 1: every other candidate) or ``hardest`` (only the
+            most violating candidate of each row, as in VSE++); ``vocabulary`` is
+            ``all`` here, with vocabulary words appended to the candidates by
+            :func:`fit_head`.
+        also_positive: Optional (B, C) bool: candidates that are also true for the row
+            (e.g. another caption noun of the same image); they are not negatives.
     """
+    if negatives not in LOSS_NEGATIVES:
+        raise ValueError(f"unknown negatives {negatives!r} (valid: {', '.join(LOSS_NEGATIVES)})")
     sims = F.normalize(predicted, dim=1) @ concept_vectors.T  # (B, C)
     pos = sims.gather(1, targets[:, None])
     losses = (margin - pos + sims).clamp(min=0)
     losses = losses.scatter(1, targets[:, None], 0.0)  # no term for c == t
+    if also_positive is not None:
+        losses = losses.masked_fill(also_positive, 0.0)
+    if negatives == "hardest":
+        return losses.amax(1).mean()
     return losses.sum(1).mean()
 
 
@@ -182,6 +202,15 @@ class ConceptFeatures:
         idx = rows.tolist()
         return ConceptFeatures(self.pooled[rows], [self.concepts[i] for i in idx],
                                self.images[rows], self.coverage[rows])
+
+
+def concat_features(parts: Sequence[ConceptFeatures]) -> ConceptFeatures:
+    """Pairs of several :class:`ConceptFeatures` as one (rows in order)."""
+    parts = [p for p in parts if p is not None and len(p.concepts)]
+    if not parts:
+        raise ValueError("no pairs to concatenate")
+    return ConceptFeatures(torch.cat([p.pooled for p in parts]), [c for p in parts for c in p.concepts],
+                           torch.cat([p.images for p in parts]), torch.cat([p.coverage for p in parts]))
 
 
 def masks_to_feature_grid(masks: torch.Tensor, size: tuple[int, int]) -> torch.Tensor:
@@ -270,14 +299,30 @@ def fit_head(
     batch_size: int = 64,
     weight_decay: float = 0.0,
     margin: float = 1.0,
+    negatives: str = "all",
+    image_level: ConceptFeatures | None = None,
+    negative_words: torch.Tensor | None = None,
     seed: int = 0,
     device: str | torch.device = "cpu",
     progress: bool = True,
 ) -> tuple[ExplainerHead, list[EpochMetrics]]:
     """Trains an :class:`ExplainerHead` on pooled concept features with eq. 1 (Adam).
 
-    Only ``split.seen`` concepts appear as positives or negatives in training; held-out
-    accuracy ranks each pair's concept among all of ``split.concepts``.
+    Only ``split.seen`` concepts (and the words of ``image_level``) appear as positives
+    or negatives in training; held-out accuracy ranks each pair's concept among all of
+    ``split.concepts``.
+
+    Args:
+        image_level: Optional weak pairs (whole-image pooled features, a target word
+            each, e.g. caption nouns; see :mod:`lavise.captions`). Their words join
+            the candidates; the other words of the same image are not negatives.
+        margin: Hinge margin of eq. 1.
+        negatives: ``all`` or ``hardest`` (see :func:`hinge_rank_loss`), or
+            ``vocabulary``: ``all`` plus :data:`VOCABULARY_NEGATIVES` rows of
+            ``negative_words`` drawn at random per step, so that the head learns to
+            rank its concepts above the open vocabulary it will be read with.
+        negative_words: (M, e) unit vectors of words that are never a target (e.g.
+            vocabulary words that name no reference concept); for ``vocabulary``.
     """
     if epochs < 1 or batch_size < 1 or lr <= 0:
         raise ValueError("epochs and batch size must be >= 1 and the learning rate > 0")
@@ -285,14 +330,43 @@ def fit_head(
     torch.manual_seed(seed)
     all_vecs, kept, _ = word_space.concept_matrix(list(split.concepts))
     index = {c: i for i, c in enumerate(kept)}
-    seen_idx = [index[c] for c in split.seen if c in index]
-    seen_pos = {c: j for j, c in enumerate(c for c in split.seen if c in index)}
-    seen_vecs = all_vecs[seen_idx].to(device)
+    seen_names = [c for c in split.seen if c in index]
+    seen_list = [all_vecs[index[c]] for c in seen_names]
+    if image_level is not None and image_level.concepts:
+        extra = sorted(set(image_level.concepts) - set(seen_names))
+        extra_vecs, extra_kept, _ = word_space.concept_matrix(extra)
+        seen_names += list(extra_kept)
+        seen_list += list(extra_vecs)
+        train = concat_features([train, image_level])
+    seen_pos = {c: j for j, c in enumerate(seen_names)}
+    seen_vecs = torch.stack(seen_list).to(device)
     rows = [i for i, c in enumerate(train.concepts) if c in seen_pos]
     if not rows:
         raise ValueError("no training pair has a seen concept")
     x = train.pooled[rows].to(device)
     y = torch.tensor([seen_pos[train.concepts[i]] for i in rows], device=device)
+    also = None
+    if image_level is not None and image_level.concepts:
+        # Whole-image pairs of one image share their positives: pairs with coverage 1
+        # (the whole map) are grouped by image row.
+        whole = train.coverage[rows] >= 1.0 - 1e-6
+        img = train.images[rows]
+        groups: dict[int, set[int]] = {}
+        for r, w, t in zip(img.tolist(), whole.tolist(), y.tolist()):
+            if w:
+                groups.setdefault(r, set()).add(t)
+        also = torch.zeros(len(rows), len(seen_names), dtype=torch.bool)
+        for j, (r, w) in enumerate(zip(img.tolist(), whole.tolist())):
+            if w and len(groups.get(r, ())) > 1:
+                also[j, list(groups[r])] = True
+        also = also.to(device)
+    vocab_neg = None
+    if negatives == "vocabulary":
+        if negative_words is None or len(negative_words) == 0:
+            raise ValueError("negatives='vocabulary' needs negative_words")
+        vocab_neg = F.normalize(negative_words.float(), dim=1).to(device)
+    elif negatives not in LOSS_NEGATIVES:
+        raise ValueError(f"unknown negatives {negatives!r} (valid: {', '.join(LOSS_NEGATIVES)})")
     d = x.shape[1]
     head = ExplainerHead(d, word_space.dim).to(device)
     opt = torch.optim.Adam(head.parameters(), lr=lr, weight_decay=weight_decay)
@@ -306,7 +380,15 @@ def fit_head(
             b = perm[start:start + batch_size]
             if len(b) < 2:  # BatchNorm needs two rows
                 continue
-            loss = hinge_rank_loss(head(x[b]), y[b], seen_vecs, margin)
+            cands, also_b = seen_vecs, None if also is None else also[b]
+            if vocab_neg is not None:
+                pick = torch.randperm(len(vocab_neg), generator=gen)[:VOCABULARY_NEGATIVES].to(device)
+                cands = torch.cat([seen_vecs, vocab_neg[pick]])
+                if also_b is not None:
+                    also_b = F.pad(also_b, (0, len(pick)))
+            loss = hinge_rank_loss(head(x[b]), y[b], cands, margin,
+                                   negatives="hardest" if negatives == "hardest" else "all",
+                                   also_positive=also_b)
             opt.zero_grad()
             loss.backward()
             opt.step()
@@ -349,6 +431,8 @@ class Explainer:
         pooling: How masked features are pooled, in training and when explaining
             (``mean`` or ``rescaled``; see :func:`rescale_pooled`).
         meta: Training settings, metrics and provenance, stored in the checkpoint.
+        conse_weight: Weight of ConSE's unit vector against the trained head's (kind
+            ``trained+conse``).
     """
 
     def __init__(
@@ -362,7 +446,11 @@ class Explainer:
         conse_top: int = 10,
         meta: dict | None = None,
         pooling: str = "mean",
+        conse_weight: float = 1.0,
     ) -> None:
+        if not conse_weight >= 0:
+            raise ValueError(f"ConSE weight must be >= 0, got {conse_weight}")
+        self.conse_weight = float(conse_weight)
         if pooling not in POOLINGS:
             raise ValueError(f"unknown pooling {pooling!r} (valid: {', '.join(POOLINGS)})")
         self.pooling = pooling
@@ -432,13 +520,20 @@ class Explainer:
         if "trained" in self.kind:
             parts.append(self.trained(pooled))
         if "conse" in self.kind:
-            parts.append(self.conse(pooled))
+            conse = self.conse(pooled)
+            parts.append(conse * self.conse_weight if parts else conse)
         return F.normalize(sum(parts), dim=1)
 
     def with_kind(self, kind: str) -> "Explainer":
         """The same explainer with another kind (e.g. for a sweep)."""
         return Explainer(self.model, self.layer, self.word_space, kind, self.head, self.split,
-                         self.conse_top, self.meta, self.pooling)
+                         self.conse_top, self.meta, self.pooling, self.conse_weight)
+
+    def with_combination(self, conse_weight: float | None = None, conse_top: int | None = None) -> "Explainer":
+        """The same explainer with another ConSE weight and/or top T (e.g. for a sweep)."""
+        return Explainer(self.model, self.layer, self.word_space, self.kind, self.head, self.split,
+                         self.conse_top if conse_top is None else conse_top, self.meta, self.pooling,
+                         self.conse_weight if conse_weight is None else conse_weight)
 
     # ----------------------------------------------------------------- checkpoint
 
@@ -454,7 +549,7 @@ class Explainer:
             "word_space": {"name": self.word_space.name, "dim": self.word_space.dim,
                            "fingerprint": self.word_space.fingerprint},
             "explainer": {"kind": self.kind, "conse_top": self.conse_top, "pooling": self.pooling,
-                          "has_head": self.head is not None},
+                          "conse_weight": self.conse_weight, "has_head": self.head is not None},
             "split": self.split.to_dict() if self.split else None,
             **{k: v for k, v in self.meta.items() if k not in ("model", "layer", "word_space", "split")},
         }
@@ -541,7 +636,7 @@ class Explainer:
         exp = meta["explainer"]
         try:
             return cls(model, layer["name"], word_space, kind or exp["kind"], head, split,
-                       exp.get("conse_top", 10), extra, exp.get("pooling", "mean"))
+                       exp.get("conse_top", 10), extra, exp.get("pooling", "mean"), exp.get("conse_weight", 1.0))
         except ValueError as e:
             if kind:
                 raise

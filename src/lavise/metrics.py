@@ -66,6 +66,7 @@ __all__ = [
     "recall_at_k",
     "precision_at_1",
     "restrict_ground_truth",
+    "novel_concepts",
     "MethodScores",
     "score_method",
     "random_words_baseline",
@@ -591,6 +592,26 @@ def restrict_ground_truth(ground_truth: Sequence[Iterable[str]], concepts: Itera
     return [set(gt) & keep for gt in ground_truth]
 
 
+def novel_concepts(concepts: Iterable[str], known: Iterable[str]) -> set[str]:
+    """The ``concepts`` that no ``known`` concept names, by the word-matching rule.
+
+    A concept is *novel* when none of its match words (:func:`concept_match_words`:
+    tokens and joined forms) is a match word of any known concept. The rule is
+    strict on purpose: ``"light"`` is not novel when ``"traffic light"`` is known,
+    since the explainer was trained toward the word ``light``.
+
+    Args:
+        concepts: Concept names of the evaluation set.
+        known: The concepts of the explainer's training references (seen, unseen
+            and without a word vector); add image-level target words (caption nouns)
+            for the strict reading.
+    """
+    known_words: set[str] = set()
+    for k in known:
+        known_words |= concept_match_words(k)
+    return {c for c in concepts if concept_match_words(c).isdisjoint(known_words)}
+
+
 @dataclass(frozen=True)
 class MethodScores:
     """One row of the paper's Table 2: a method's objective scores.
@@ -607,6 +628,10 @@ class MethodScores:
         filters_with_unseen_ground_truth: Filters counted in ``recall_unseen``
             (None without an unseen set).
         synonyms: Whether WordNet synonym matching was used.
+        recall_novel: k -> recall@k restricted to novel concepts (no training
+            reference annotates them; see :func:`novel_concepts`), over the filters
+            whose ground truth holds one; None without a novel set or such filters.
+        filters_with_novel_ground_truth: Filters counted in ``recall_novel``.
     """
 
     method: str
@@ -617,6 +642,8 @@ class MethodScores:
     num_filters: int
     filters_with_unseen_ground_truth: int | None = None
     synonyms: bool = False
+    recall_novel: dict[int, float] | None = None
+    filters_with_novel_ground_truth: int | None = None
 
     def to_dict(self) -> dict[str, Any]:
         """JSON-serialisable dict (the k keys of the recall dicts become strings)."""
@@ -630,12 +657,16 @@ class MethodScores:
             "num_filters": int(self.num_filters),
             "filters_with_unseen_ground_truth": self.filters_with_unseen_ground_truth,
             "synonyms": self.synonyms,
+            "recall_novel": (None if self.recall_novel is None
+                             else {str(k): float(v) for k, v in self.recall_novel.items()}),
+            "filters_with_novel_ground_truth": self.filters_with_novel_ground_truth,
         }
 
     @classmethod
     def from_dict(cls, data: Mapping[str, Any]) -> MethodScores:
         """Inverse of :meth:`to_dict`."""
         ru = data.get("recall_unseen")
+        rn = data.get("recall_novel")
         return cls(
             method=str(data["method"]),
             recall={int(k): float(v) for k, v in data["recall"].items()},
@@ -645,6 +676,8 @@ class MethodScores:
             num_filters=int(data["num_filters"]),
             filters_with_unseen_ground_truth=data.get("filters_with_unseen_ground_truth"),
             synonyms=bool(data.get("synonyms", False)),
+            recall_novel=None if rn is None else {int(k): float(v) for k, v in rn.items()},
+            filters_with_novel_ground_truth=data.get("filters_with_novel_ground_truth"),
         )
 
 
@@ -655,6 +688,7 @@ def score_method(
     unseen: Iterable[str] | None = None,
     ks: Sequence[int] = (5, 10, 20),
     synonyms: WordNetSynonyms | None = None,
+    novel: Iterable[str] | None = None,
 ) -> MethodScores:
     """Scores one method's ranked words against per-filter ground-truth concept names.
 
@@ -665,6 +699,7 @@ def score_method(
         unseen: Concept names held out of training; adds ``recall_unseen``.
         ks: Recall cut-offs.
         synonyms: WordNet synonyms for lenient matching (report as a separate row).
+        novel: Concept names no training reference annotates; adds ``recall_novel``.
 
     Raises:
         ValueError: On mismatched lengths, bad ``ks`` or no filter with ground truth.
@@ -688,7 +723,15 @@ def score_method(
             recall_unseen = {k: recall_at_k(predicted_words, restricted, k, synonyms) for k in ks}
         else:
             logger.info("%s: no filter has an unseen ground-truth concept; no unseen recall", method)
-    return MethodScores(method, recall, recall_unseen, p1, n_gt, len(gts), n_unseen, synonyms is not None)
+    recall_novel: dict[int, float] | None = None
+    n_novel: int | None = None
+    if novel is not None:
+        restricted = restrict_ground_truth(gts, novel)
+        n_novel = sum(1 for g in restricted if g)
+        if n_novel:
+            recall_novel = {k: recall_at_k(predicted_words, restricted, k, synonyms) for k in ks}
+    return MethodScores(method, recall, recall_unseen, p1, n_gt, len(gts), n_unseen, synonyms is not None,
+                        recall_novel, n_novel)
 
 
 # ---------------------------------------------------------------------------- baselines
@@ -903,7 +946,7 @@ def scores_table(scores: Sequence[MethodScores], fmt: str = "markdown") -> str:
     """Formats rows like the paper's Table 2.
 
     Columns: method, recall@k for every k (all concepts), recall@k (unseen concepts),
-    precision@1, filters with ground truth. Missing values are ``-`` (markdown) or
+    recall@k (novel concepts, only when some row has them), precision@1, filters with ground truth. Missing values are ``-`` (markdown) or
     empty (csv).
 
     Args:
@@ -913,14 +956,18 @@ def scores_table(scores: Sequence[MethodScores], fmt: str = "markdown") -> str:
     if fmt not in ("markdown", "csv"):
         raise ValueError(f"fmt must be 'markdown' or 'csv', got {fmt!r}")
     ks = sorted({k for s in scores for k in s.recall} | {k for s in scores for k in (s.recall_unseen or {})})
+    has_novel = any(s.recall_novel for s in scores)
     header = (["method"] + [f"recall@{k}" for k in ks] + [f"recall@{k} (unseen)" for k in ks]
+              + ([f"recall@{k} (novel)" for k in ks] if has_novel else [])
               + ["precision@1", "filters with GT"])
     rows: list[list[str | None]] = []
     for s in scores:
         ru = s.recall_unseen or {}
+        rn = s.recall_novel or {}
         rows.append([s.method]
                     + [_fmt(s.recall.get(k)) for k in ks]
                     + [_fmt(ru.get(k)) for k in ks]
+                    + ([_fmt(rn.get(k)) for k in ks] if has_novel else [])
                     + [_fmt(s.precision_at_1), f"{s.filters_with_ground_truth}/{s.num_filters}"])
     if fmt == "csv":
         buf = io.StringIO()

@@ -347,6 +347,25 @@ def _load_glove_6b_50d() -> WordSpace:
 
 register_word_space(DEFAULT_WORD_SPACE, _load_glove_6b_50d)
 
+WORD2VEC_300 = "word2vec-300"
+
+
+@functools.lru_cache(maxsize=1)
+def _load_word2vec_300() -> WordSpace:
+    """The packaged 300-d word2vec subset (26,423 words and phrases, float16; see
+    ``scripts/build_word2vec_package.py`` and ``data/VOCABULARY-ATTRIBUTION.md``)."""
+    from importlib.resources import files
+
+    with files("lavise").joinpath("data", "word2vec-300.npz").open("rb") as fh:
+        data = np.load(fh)
+        words = [str(w) for w in data["words"]]
+        vectors = data["vectors"].astype(np.float32)
+    logger.info("loaded %s: %d words x %d", WORD2VEC_300, *vectors.shape)
+    return WordSpace(WORD2VEC_300, words, vectors)
+
+
+register_word_space(WORD2VEC_300, _load_word2vec_300)
+
 
 # --------------------------------------------------------------------------- text files
 
