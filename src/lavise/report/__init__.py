@@ -10,6 +10,6 @@ Reads results (explanations, evaluations) and image files; never runs the model.
 
 from __future__ import annotations
 
-from lavise.report.html import FilterEvaluation, build_report, load_evaluation, load_explanations
+from lavise.report.html import build_report, load_evaluation, load_explanations
 
-__all__ = ["build_report", "load_evaluation", "load_explanations", "FilterEvaluation"]
+__all__ = ["build_report", "load_evaluation", "load_explanations"]

@@ -21,17 +21,17 @@ import json
 import logging
 import shutil
 import string
-from dataclasses import dataclass, field
 from importlib import resources
 from pathlib import Path
 from typing import Any, Iterable, Sequence
 
+from lavise.evaluate import FilterEvaluation
 from lavise.metrics import concept_match_words, normalise_word
 from lavise.report.evidence import RenderedImage, render_explanations
 
 logger = logging.getLogger(__name__)
 
-__all__ = ["FilterEvaluation", "load_evaluation", "build_report", "word_hits", "neighbours"]
+__all__ = ["load_evaluation", "load_explanations", "build_report", "word_hits", "neighbours"]
 
 INDEX_WORDS = 6
 INDEX_THUMBS = 5
@@ -63,34 +63,6 @@ def render_page(title: str, subtitle: str, body: str, *, root: str = "", scripts
         title=esc(title), subtitle=esc(subtitle), body=body, root=root, scripts=tags,
         body_class=esc(body_class), version=esc(__version__),
     )
-
-
-@dataclass(frozen=True)
-class FilterEvaluation:
-    """What ``lavise evaluate`` recorded about one filter.
-
-    Attributes:
-        filter: Filter index.
-        ground_truth: ``(concept, IoU)`` above the IoU threshold, best first.
-        best: The highest-IoU concept and its IoU (NetDissect's label), even below threshold.
-        words: Each method's (and baseline's) words for the filter.
-    """
-
-    filter: int
-    ground_truth: tuple[tuple[str, float], ...] = ()
-    best: tuple[str, float] | None = None
-    words: dict = field(default_factory=dict)
-
-    @property
-    def concepts(self) -> list[str]:
-        return [c for c, _ in self.ground_truth]
-
-    @classmethod
-    def from_dict(cls, d: dict) -> "FilterEvaluation":
-        best = d.get("best")
-        return cls(int(d["filter"]), tuple((str(c), float(i)) for c, i in d.get("ground_truth", ())),
-                   (str(best[0]), float(best[1])) if best else None,
-                   {str(k): [str(w) for w in v] for k, v in d.get("words", {}).items()})
 
 
 def load_evaluation(path: str | Path, layer: str | None = None) -> dict[int, FilterEvaluation]:

@@ -1,0 +1,153 @@
+"""Evidence in explanations, the static report's files, per-filter evaluation records."""
+
+from __future__ import annotations
+
+import html
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+
+from lavise.cli import main
+from lavise.evaluate import EvaluationReport, FilterEvaluation, GroundTruth, filter_records
+from lavise.explain import DISPLAY_IMAGES, Explanations
+from lavise.report import build_report, load_evaluation, load_explanations
+from lavise.report.evidence import crop_like_model, highlight, lit_region
+from lavise.report.html import matched_filters, neighbours
+from report_fixtures import EVIL_FILE, EVIL_WORD, tiny_explanations
+
+
+@pytest.fixture(scope="module")
+def tiny(tmp_path_factory):
+    root = tmp_path_factory.mktemp("report")
+    result = tiny_explanations(root, x=7)
+    result.save(root / "ex")
+    return root, result
+
+
+def test_explanations_carry_up_to_15_top_images_with_paths_maps_and_votes(tiny):
+    root, result = tiny
+    n_images = 10  # 9 random images + the evil-named copy
+    for f in result:
+        assert len(f.top_images) == 3
+        assert len(f.evidence) == min(DISPLAY_IMAGES, n_images)  # more than p, kept for display
+        assert [t.image_id for t in f.evidence[:3]] == [t.image_id for t in f.top_images]
+        assert all(t.voted for t in f.evidence[:3]) and not any(t.voted for t in f.evidence[3:])
+        for t in f.evidence:
+            assert Path(t.path).is_file() and Path(t.path).name == t.image_id
+            amap = t.activation_map
+            assert amap.shape == t.map_shape and amap.ndim == 2
+            assert np.isclose(amap.max(), t.activation, rtol=1e-2, atol=1e-3)  # the map's max is the activation
+    # JSON round trip keeps the evidence; maps are base64 float16.
+    back = Explanations.from_dict(json.loads(result.to_json()))
+    assert back == result
+    ev = json.loads(result.to_json())["filters"][0]["evidence"][0]
+    assert set(ev) == {"image_id", "activation", "path", "voted", "map_shape", "map"}
+
+
+def test_evidence_works_for_datasets_and_without_paths(tiny, tmp_path):
+    root, result = tiny
+    # The same explanation without recorded evidence still loads (older results).
+    d = json.loads(result.to_json())
+    for f in d["filters"]:
+        f.pop("evidence")
+    old = Explanations.from_dict(d)
+    assert all(f.evidence == () for f in old)
+    index = build_report(old, tmp_path / "old")
+    assert index.is_file()
+
+
+def test_lit_region_and_highlight():
+    amap = np.zeros((7, 7), np.float32)
+    amap[3, 3] = 2.0
+    mask = lit_region(amap, 1.0, 70)
+    assert mask[35, 35] and not mask[0, 0] and mask.sum() < 70 * 70 / 4
+    img = Image.new("RGB", (70, 70), (200, 200, 200))
+    out = np.asarray(highlight(img, mask))
+    assert out[0, 0].max() < 100  # dimmed outside
+    assert tuple(out[35, 35]) == (200, 200, 200)  # bright inside
+    wide = Image.new("RGB", (300, 100))
+    assert crop_like_model(wide, {"resize": 256, "crop": 224}, 50).size == (50, 50)
+
+
+def test_report_files_escaping_and_reuse(tiny, tmp_path):
+    root, result = tiny
+    out = tmp_path / "site"
+    index = build_report(result, out)
+    text = index.read_text()
+    assert text.count('class="card') == len(result)
+    assert EVIL_WORD not in text.replace("<b>Explanation", "")  # the word is never raw HTML
+    assert html.escape(EVIL_WORD) in text
+    for f in result:
+        page = (out / "filters" / f"{f.filter}.html").read_text()
+        assert html.escape(EVIL_FILE) in page and EVIL_FILE not in page
+        assert "onerror=alert(1)>" not in page
+    # Every referenced image exists; thumbnails are small JPEG files.
+    thumbs = list((out / "thumb").glob("*.jpg"))
+    assert thumbs and all(p.stat().st_size < 20_000 for p in thumbs)
+    for ref in __import__("re").findall(r'src="(thumb/[^"]+)"', text):
+        assert (out / ref).is_file()
+    # Written once: building again writes no image.
+    before = {p: p.stat().st_mtime_ns for p in (out / "img").glob("*.jpg")}
+    build_report(result, out)
+    assert {p: p.stat().st_mtime_ns for p in (out / "img").glob("*.jpg")} == before
+
+
+def test_neighbours_by_shared_words():
+    class F:
+        def __init__(self, u, labels):
+            self.filter, self.labels = u, labels
+
+    near = neighbours([F(0, ["dog", "cat"]), F(1, ["dog", "cat", "car"]), F(2, ["tree"])])
+    assert near[0][0][0] == 1 and near[0][0][2] == ["cat", "dog"]
+    assert near[2] == []
+
+
+def _ground_truth():
+    iou = torch.tensor([[0.10, 0.02, 0.05], [0.01, 0.03, 0.02], [0.0, 0.2, 0.0]])
+    return GroundTruth(("dog", "car", "dining table"), iou, 0.04,
+                       (("dog", "dining table"), (), ("car",)))
+
+
+def test_evaluation_records_ground_truth_and_words_per_filter(tmp_path):
+    gt = _ground_truth()
+    preds = {"attention": [["dog", "cat"], ["road"]], "netdissect (oracle: eval-split labels)": [["dog"], ["car"]]}
+    recs = filter_records(gt, [0, 2], preds)
+    assert len(recs) == 3
+    assert recs[0].ground_truth == (("dog", pytest.approx(0.10)), ("dining table", pytest.approx(0.05)))
+    assert recs[1].ground_truth == () and recs[1].best == ("car", pytest.approx(0.03)) and recs[1].words == {}
+    assert recs[2].words["attention"] == ["road"]
+    report = EvaluationReport("m", "layer", "trained", "ds", (), filters=recs)
+    paths = report.save(tmp_path)
+    assert (tmp_path / "evaluation-filters.csv") in paths
+    loaded = load_evaluation(tmp_path, "layer")
+    assert loaded[0] == FilterEvaluation.from_dict(recs[0].to_dict())
+    with pytest.raises(ValueError, match="layer"):
+        load_evaluation(tmp_path, "other")
+
+
+def test_report_with_evaluation_marks_matching_filters(tiny, tmp_path):
+    root, result = tiny
+    u0, u1 = result.filters[0].filter, result.filters[1].filter
+    word = result.filters[0].labels[0]
+    evals = {u0: FilterEvaluation(u0, ((word, 0.2),), (word, 0.2), {"attention": [word]}),
+             u1: FilterEvaluation(u1, (), ("zebra", 0.01), {})}
+    assert matched_filters(result, evals) == {u0}
+    index = build_report(result, tmp_path / "site", evaluation=evals)
+    text = index.read_text()
+    assert text.count('class="card match"') == 1 and 'value="iou"' in text
+    page = (tmp_path / "site" / "filters" / f"{u0}.html").read_text()
+    assert "Ground truth" in page and "0.200" in page
+
+
+def test_cli_report_and_errors(tiny, tmp_path, capsys):
+    root, _ = tiny
+    assert main(["report", "--explanations", str(root / "ex"), "--out", str(tmp_path / "r")]) == 0
+    out = capsys.readouterr().out
+    assert "index.html" in out and (tmp_path / "r" / "index.html").is_file()
+    assert main(["report", "--explanations", str(tmp_path / "nowhere"), "--out", str(tmp_path / "r")]) == 2
+    assert "lavise: error: explanations not found" in capsys.readouterr().err
+    assert load_explanations(root / "ex").layer == "features"
