@@ -28,5 +28,21 @@ def tiny_explanations(root: Path, n_images: int = 9, x: int = 3):
     folder = image_folder(root / "imgs", n=n_images)
     shutil.copy(folder / "img000.jpg", folder / EVIL_FILE)
     config = Config(cache_dir=str(root / "cache"), progress=False, device="cpu", top_images=3, s=3, x=x,
-                    vocabulary="glove", vocabulary_size=None, method="original")
+                    vocabulary="glove", vocabulary_size=None, method="attention")
     return explain(exp, str(folder), config=config, allow=set(WORDS[6:]))
+
+
+def with_varied_words(result):
+    """``result`` with each filter's words rotated through the allowed words, so filters
+    differ (the tiny random model gives every filter the same words)."""
+    import dataclasses
+
+    from lavise.words import RankedWord
+
+    pool = WORDS[6:]
+    filters = []
+    for f in result:
+        words = tuple(RankedWord(pool[(f.filter + k) % len(pool)], w.count, w.score, w.weight)
+                      for k, w in enumerate(f.words))
+        filters.append(dataclasses.replace(f, words=words))
+    return dataclasses.replace(result, filters=tuple(filters))

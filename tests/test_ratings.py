@@ -105,7 +105,7 @@ def test_rating_page_is_blind_seeded_and_keyed(tmp_path):
     text = page.read_text()
     k = json.loads(key.read_text())
     assert key.parent == page.parent and len(k["items"]) == 4
-    assert "netdissect" not in text and "lavise original" not in text  # blind: no source names
+    assert "netdissect" not in text and "lavise attention" not in text  # blind: no source names
     assert "rate-key" not in text
     assert text.count('class="item"') == 4 and "localStorage" not in text  # logic lives in rate.js
     assert (tmp_path / "site" / "assets" / "rate.js").is_file()
@@ -113,7 +113,7 @@ def test_rating_page_is_blind_seeded_and_keyed(tmp_path):
     assert json.loads(key2.read_text())["items"] == k["items"]
     orders = {it["A"] for it in json.loads(write_rating_page(result, other, tmp_path / "s3", 6, seed=0)[1]
                                            .read_text())["items"]}
-    assert orders == {"netdissect", "lavise original"}  # both orders occur
+    assert orders == {"netdissect", "lavise attention"}  # both orders occur
     with pytest.raises(ValueError, match="evaluation"):
         rating_source("netdissect", result, None)
     with pytest.raises(ValueError, match="at least 1"):
