@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import html
 import json
+import re
 from pathlib import Path
 
 import numpy as np
@@ -15,7 +16,7 @@ from lavise.cli import main
 from lavise.evaluate import EvaluationReport, FilterEvaluation, GroundTruth, filter_records
 from lavise.explain import DISPLAY_IMAGES, Explanations
 from lavise.report import build_report, load_evaluation, load_explanations
-from lavise.report.evidence import crop_like_model, highlight, lit_region
+from lavise.report.evidence import crop_like_model, highlight, lit_region, overlay
 from lavise.report.html import matched_filters, neighbours
 from report_fixtures import EVIL_FILE, EVIL_WORD, tiny_explanations
 
@@ -69,6 +70,8 @@ def test_lit_region_and_highlight():
     out = np.asarray(highlight(img, mask))
     assert out[0, 0].max() < 100  # dimmed outside
     assert tuple(out[35, 35]) == (200, 200, 200)  # bright inside
+    layer = np.asarray(overlay(mask))
+    assert layer[35, 35, 3] == 0 and layer[0, 0, 3] > 100  # clear inside, dark outside
     wide = Image.new("RGB", (300, 100))
     assert crop_like_model(wide, {"resize": 256, "crop": 224}, 50).size == (50, 50)
 
@@ -85,15 +88,23 @@ def test_report_files_escaping_and_reuse(tiny, tmp_path):
         page = (out / "filters" / f"{f.filter}.html").read_text()
         assert html.escape(EVIL_FILE) in page and EVIL_FILE not in page
         assert "onerror=alert(1)>" not in page
-    # Every referenced image exists; thumbnails are small JPEG files.
+    # Every referenced file exists; each image is written once as small JPEG files
+    # (10 images), each (filter, image) adds only a small overlay.
     thumbs = list((out / "thumb").glob("*.jpg"))
-    assert thumbs and all(p.stat().st_size < 20_000 for p in thumbs)
-    for ref in __import__("re").findall(r'src="(thumb/[^"]+)"', text):
-        assert (out / ref).is_file()
-    # Written once: building again writes no image.
-    before = {p: p.stat().st_mtime_ns for p in (out / "img").glob("*.jpg")}
+    assert len(thumbs) == len(list((out / "img").glob("*.jpg"))) <= 10
+    assert all(p.stat().st_size < 20_000 for p in thumbs)
+    assert all(p.stat().st_size < 5_000 for p in (out / "lit").glob("*.png"))
+    pairs = [p.split(":") for spec in re.findall(r'data-th="([^"]*)"', text) for p in spec.split()]
+    assert len(pairs) == 5 * len(result)  # five thumbnails per card
+    assert all((out / "thumb" / f"{a}.jpg").is_file() and (out / "lit" / f"{b}.png").is_file() for a, b in pairs)
+    page = (out / "filters" / f"{result.filters[0].filter}.html").read_text()
+    refs = re.findall(r'src="\.\./((?:img|lit)/[^"]+)"', page)
+    assert len(refs) == 2 * len(result.filters[0].evidence) and all((out / r).is_file() for r in refs)
+    # Written once: building again writes no file.
+    files = [p for sub in ("img", "thumb", "lit") for p in (out / sub).iterdir()]
+    before = {p: p.stat().st_mtime_ns for p in files}
     build_report(result, out)
-    assert {p: p.stat().st_mtime_ns for p in (out / "img").glob("*.jpg")} == before
+    assert {p: p.stat().st_mtime_ns for p in files} == before
 
 
 def test_neighbours_by_shared_words():

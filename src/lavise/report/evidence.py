@@ -6,9 +6,13 @@ is upsampled bilinearly to the image as the model saw it (resized and centre-cro
 with the model's preprocessing); where it reaches ``T_u`` the image stays bright and
 is outlined, elsewhere it is dimmed.
 
-Rendered images are content-addressed: the file name is a hash of the image file's
-bytes, the map, ``T_u`` and the drawing settings, so each is written once and a report
-built again (or another report sharing images) reuses them.
+For the site, an image is written once as small JPEG files (page size and thumbnail)
+however many filters share it, and each (filter, image) pair adds only a small
+transparent PNG overlay (the dimmed background and the outline) that the browser lays
+over the image. Files are content-addressed (a hash of the image file's bytes, or of
+the map and ``T_u``, with the drawing settings), so a report built again reuses them.
+Figures (:mod:`lavise.report.figures`) draw the same highlight into one image with
+:func:`highlight`.
 """
 
 from __future__ import annotations
@@ -25,7 +29,8 @@ from PIL import Image, ImageDraw
 
 logger = logging.getLogger(__name__)
 
-__all__ = ["crop_like_model", "upsample_map", "lit_region", "highlight", "RenderedImage", "EvidenceRenderer"]
+__all__ = ["crop_like_model", "upsample_map", "lit_region", "highlight", "overlay", "RenderedImage",
+           "EvidenceRenderer", "render_explanations"]
 
 _STYLE_VERSION = "1"
 OUTLINE = (255, 214, 0)
@@ -94,90 +99,111 @@ def highlight(image: Image.Image | None, mask: np.ndarray, dim: float = 0.3) -> 
     return Image.fromarray(out.clip(0, 255).astype(np.uint8))
 
 
+def overlay(mask: np.ndarray, dim: int = 170) -> Image.Image:
+    """A transparent RGBA layer for ``mask``: dark outside the region, outlined, clear inside.
+
+    Laid over the plain image in the browser, it shows what :func:`highlight` draws,
+    while the image itself is written only once for all filters that share it.
+    """
+    size = mask.shape[0]
+    rgba = np.zeros((size, size, 4), np.uint8)
+    rgba[~mask, 3] = dim
+    rgba[_outline(mask, width=max(1, size // 112))] = (*OUTLINE, 255)
+    return Image.fromarray(rgba, "RGBA")
+
+
 @dataclass(frozen=True)
 class RenderedImage:
-    """Where one highlighted top image was written (paths relative to the report root)."""
+    """Files of one highlighted top image, relative to the report root.
+
+    Attributes:
+        image: The image as the model saw it (page size), shared by every filter.
+        thumb: The same image at thumbnail size, shared by every filter.
+        lit: The filter's transparent overlay (region >= T_u outlined, the rest dimmed).
+        missing: The image file was not found (the base is grey).
+    """
 
     image: str
-    thumb: str | None
+    thumb: str
+    lit: str
     missing: bool
 
 
 class EvidenceRenderer:
-    """Writes highlighted top images as small JPEG files under a report folder.
+    """Writes top images once (JPEG) and each filter's lit region as a small overlay (PNG).
 
     Args:
-        root: The report folder; files go to ``root/img`` and ``root/thumb``.
+        root: The report folder; files go to ``root/img``, ``root/thumb`` and ``root/lit``.
         preprocessing: The model's geometry (``resize``, ``crop``) from the explanations' settings.
         size: Side of the page images (pixels).
         thumb: Side of the index thumbnails (pixels).
+        lit: Side of the overlays (pixels; the browser scales them smoothly).
         quality: JPEG quality.
     """
 
     def __init__(self, root: str | Path, preprocessing: dict | None, *, size: int = 224, thumb: int = 96,
-                 quality: int = 82) -> None:
+                 lit: int = 112, quality: int = 82) -> None:
         self.root = Path(root)
         self.preprocessing = preprocessing
         self.size = size
         self.thumb = thumb
+        self.lit = lit
         self.quality = quality
-        self._digests: dict[str, str] = {}
         self.written = 0
         self.reused = 0
         self.missing: set[str] = set()
 
-    def _digest(self, path: str) -> str | None:
-        if path not in self._digests:
-            try:
-                self._digests[path] = hashlib.sha1(Path(path).read_bytes()).hexdigest() if path else ""
-            except OSError:
-                self._digests[path] = ""
-        return self._digests[path] or None
+    def _base(self, path: str) -> tuple[str, str, bool]:
+        """Writes (once) the page-size image and thumbnail of ``path``; returns their names."""
+        try:
+            data = Path(path).read_bytes() if path else None
+        except OSError:
+            data = None
+        if data is None:
+            self.missing.add(path)
+            name = "missing"
+        else:
+            geo = f"{self.preprocessing}|{self.size}|{self.thumb}|{self.quality}|{_STYLE_VERSION}"
+            name = hashlib.sha1(hashlib.sha1(data).digest() + geo.encode()).hexdigest()[:16]
+        img_rel, thumb_rel = f"img/{name}.jpg", f"thumb/{name}.jpg"
+        if (self.root / img_rel).is_file() and (self.root / thumb_rel).is_file():
+            self.reused += 1
+            return img_rel, thumb_rel, data is None
+        pic = self._open(path) if data is not None else None
+        if pic is None:
+            pic = Image.new("RGB", (self.size, self.size), (128, 128, 128))
+        pic.save(self.root / img_rel, "JPEG", quality=self.quality)
+        pic.resize((self.thumb, self.thumb), Image.BILINEAR).save(self.root / thumb_rel, "JPEG", quality=self.quality)
+        self.written += 1
+        return img_rel, thumb_rel, data is None
 
-    def _key(self, digest: str | None, top: Any, threshold: float) -> str:
-        h = hashlib.sha1()
-        h.update(f"{_STYLE_VERSION}|{digest or 'missing'}|{threshold!r}|{self.size}|{self.thumb}|"
-                 f"{self.quality}|{self.preprocessing}|{top.map_shape}|".encode())
+    def _overlay(self, top: Any, threshold: float) -> str:
+        h = hashlib.sha1(f"{_STYLE_VERSION}|{threshold!r}|{self.lit}|{top.map_shape}|".encode())
         h.update(top.map_data)
-        return h.hexdigest()[:20]
+        rel = f"lit/{h.hexdigest()[:16]}.png"
+        if not (self.root / rel).is_file():
+            amap = top.activation_map
+            mask = lit_region(amap, threshold, self.lit) if amap is not None else np.zeros((self.lit,) * 2, bool)
+            overlay(mask).save(self.root / rel, "PNG")
+            self.written += 1
+        else:
+            self.reused += 1
+        return rel
 
-    def render(self, jobs: Iterable[tuple[Any, Any, float, bool]]) -> dict[tuple[int, int], RenderedImage]:
-        """Renders ``(key, top_image, threshold, with_thumb)`` jobs; returns key -> files.
+    def render(self, jobs: Iterable[tuple[Any, Any, float]]) -> dict[Any, RenderedImage]:
+        """Renders ``(key, top_image, threshold)`` jobs; returns key -> files.
 
-        Jobs are grouped by image file so each image is decoded once.
+        Each image file is read and decoded at most once, whatever the number of filters.
         """
-        by_path: dict[str, list[tuple[Any, Any, float, bool]]] = {}
-        for job in jobs:
-            by_path.setdefault(job[1].path, []).append(job)
-        (self.root / "img").mkdir(parents=True, exist_ok=True)
-        (self.root / "thumb").mkdir(parents=True, exist_ok=True)
+        for sub in ("img", "thumb", "lit"):
+            (self.root / sub).mkdir(parents=True, exist_ok=True)
+        bases: dict[str, tuple[str, str, bool]] = {}
         out: dict[Any, RenderedImage] = {}
-        for path, group in by_path.items():
-            digest = self._digest(path)
-            base: Image.Image | None = None
-            decoded = False
-            for key, top, threshold, with_thumb in group:
-                name = self._key(digest, top, threshold)
-                img_rel, thumb_rel = f"img/{name}.jpg", f"thumb/{name}.jpg" if with_thumb else None
-                need = not (self.root / img_rel).is_file() or (thumb_rel and not (self.root / thumb_rel).is_file())
-                if need:
-                    if not decoded:
-                        decoded = True
-                        base = self._open(path) if digest else None
-                    amap = top.activation_map
-                    mask = (lit_region(amap, threshold, self.size) if amap is not None
-                            else np.zeros((self.size, self.size), bool))
-                    pic = highlight(base, mask)
-                    pic.save(self.root / img_rel, "JPEG", quality=self.quality)
-                    if thumb_rel:
-                        pic.resize((self.thumb, self.thumb), Image.BILINEAR).save(
-                            self.root / thumb_rel, "JPEG", quality=self.quality)
-                    self.written += 1
-                else:
-                    self.reused += 1
-                if digest is None:
-                    self.missing.add(path)
-                out[key] = RenderedImage(img_rel, thumb_rel, digest is None)
+        for key, top, threshold in jobs:
+            if top.path not in bases:
+                bases[top.path] = self._base(top.path)
+            img_rel, thumb_rel, missing = bases[top.path]
+            out[key] = RenderedImage(img_rel, thumb_rel, self._overlay(top, threshold), missing)
         if self.missing:
             logger.warning("%d top image files were not found; their evidence is drawn on grey", len(self.missing))
         return out
@@ -193,20 +219,19 @@ class EvidenceRenderer:
 
 
 def render_explanations(
-    explanations: Any, root: str | Path, *, filters: Sequence[int] | None = None, thumbs: int = 5,
+    explanations: Any, root: str | Path, *, filters: Sequence[int] | None = None,
     size: int = 224, thumb: int = 96,
 ) -> dict[tuple[int, int], RenderedImage]:
     """Renders the evidence of every (or the given) filter of ``explanations`` into ``root``.
 
     Returns:
-        ``(filter, slot) -> RenderedImage`` for each evidence image; the first ``thumbs``
-        of each filter also get an index thumbnail.
+        ``(filter, slot) -> RenderedImage`` for each evidence image.
     """
     renderer = EvidenceRenderer(root, explanations.settings.get("preprocessing"), size=size, thumb=thumb)
     wanted = None if filters is None else set(filters)
-    jobs = [((f.filter, slot), top, f.threshold, slot < thumbs)
+    jobs = [((f.filter, slot), top, f.threshold)
             for f in explanations.filters if wanted is None or f.filter in wanted
             for slot, top in enumerate(f.evidence)]
     rendered = renderer.render(jobs)
-    logger.info("evidence images: %d written, %d reused", renderer.written, renderer.reused)
+    logger.info("evidence files: %d written, %d reused", renderer.written, renderer.reused)
     return rendered

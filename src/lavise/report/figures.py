@@ -94,10 +94,13 @@ def filter_rows_figure(
 
 
 def save_figure(fig: Any, out: str | Path, dpi: int = 150) -> list[Path]:
-    """Writes ``fig`` as PNG and SVG (``out`` with both suffixes); returns the paths."""
+    """Writes ``fig`` as PNG and SVG (``out`` with both suffixes; SVG text as text); returns the paths."""
     out = Path(out)
     out.parent.mkdir(parents=True, exist_ok=True)
     paths = [out.with_suffix(".png"), out.with_suffix(".svg")]
+    import matplotlib
+
     fig.savefig(paths[0], dpi=dpi)
-    fig.savefig(paths[1])
+    with matplotlib.rc_context({"svg.fonttype": "none"}):  # text stays text (editable, searchable)
+        fig.savefig(paths[1])
     return paths

@@ -11,7 +11,8 @@ Layout of the output folder::
     index.html              every filter: ranked words, thumbnails, search and sort
     filters/<u>.html        one page per filter
     assets/                 report.css, report.js (and rate.js with a rating page)
-    img/, thumb/            highlighted top images (page size, index thumbnails)
+    img/, thumb/            top images as the model saw them (page size, index thumbnails), once each
+    lit/                    per (filter, image) overlay: the region >= T_u outlined, the rest dimmed
 """
 
 from __future__ import annotations
@@ -142,6 +143,15 @@ def neighbours(filters: Sequence[Any], k: int = 6, words: int = 10) -> dict[int,
     return out
 
 
+def evidence_tag(r: RenderedImage, root: str = "", *, thumb: bool = False, alt: str = "") -> str:
+    """The highlighted image: the shared image with the filter's overlay laid over it (lazy)."""
+    if thumb:
+        return (f'<i><img loading="lazy" src="{root}{esc(r.thumb)}" alt=""><img loading="lazy" '
+                f'src="{root}{esc(r.lit)}" alt=""></i>')
+    return (f'<span class="ev"><img loading="lazy" src="{root}{esc(r.image)}" alt="{esc(alt)}">'
+            f'<img loading="lazy" src="{root}{esc(r.lit)}" alt=""></span>')
+
+
 def _fmt(x: float | None, nd: int = 3) -> str:
     return "" if x is None else f"{x:.{nd}f}"
 
@@ -155,15 +165,17 @@ def _card(f: Any, ev: FilterEvaluation | None, rendered: dict, matched: bool) ->
     words = "".join(
         f'<li{" class=hit" if w.word in hits else ""}>{esc(w.word)} <small>{w.count}</small></li>'
         for w in f.words[:INDEX_WORDS])
-    thumbs = "".join(
-        f'<img loading="lazy" decoding="async" src="{esc(rendered[(f.filter, s)].thumb)}" alt="" width="60" height="60">'
-        for s in range(min(INDEX_THUMBS, len(f.evidence))) if (f.filter, s) in rendered and rendered[(f.filter, s)].thumb)
+    # Thumbnails as "image:overlay" file stems; report.js adds the <img>s when the card
+    # scrolls into view, so the index stays small and parses fast for a whole layer.
+    thumbs = " ".join(f"{Path(r.thumb).stem}:{Path(r.lit).stem}"
+                      for r in (rendered.get((f.filter, s)) for s in range(min(INDEX_THUMBS, len(f.evidence))))
+                      if r is not None)
     badge = '<span class="badge">matches GT</span>' if matched else ""
     return (f'<article class="card{" match" if matched else ""}" data-u="{f.filter}" '
             f'data-w="{esc("|".join(w.lower() for w in f.labels))}" data-agree="{agreement(f):.4f}" '
             f'data-t="{f.threshold:.6g}" data-iou="{_fmt(iou, 4)}">'
             f'<h2><a href="filters/{f.filter}.html">#{f.filter}</a></h2><span class="meta">{meta}</span>{badge}'
-            f'<ol class="words">{words}</ol><div class="thumbs">{thumbs}</div></article>')
+            f'<ol class="words">{words}</ol><div class="thumbs" data-th="{esc(thumbs)}"></div></article>')
 
 
 def _index(explanations: Any, evals: dict[int, FilterEvaluation], rendered: dict, matched: set[int],
@@ -209,8 +221,8 @@ def _filter_page(f: Any, explanations: Any, ev: FilterEvaluation | None, rendere
             continue
         note = "voted" if t.voted else "display only"
         missing = " · image file missing" if r.missing else ""
-        figs.append(f'<figure class="{"vote" if t.voted else "novote"}"><img loading="lazy" src="../{esc(r.image)}" '
-                    f'alt="{esc(t.image_id)}" width="224" height="224"><figcaption>{slot + 1}. '
+        figs.append(f'<figure class="{"vote" if t.voted else "novote"}">{evidence_tag(r, "../", alt=t.image_id)}'
+                    f'<figcaption>{slot + 1}. '
                     f'{esc(t.image_id)}<br>max activation {t.activation:.3g} · {note}{missing}</figcaption></figure>')
     words = "".join(
         f'<tr{" class=hit" if w.word in hits else ""}><td class="num">{i + 1}</td><td>{esc(w.word)}'
@@ -278,7 +290,7 @@ def build_report(
                        "pages will have no images; run lavise explain again")
     evals = evaluation or {}
     copy_assets(out, ["report.css", "report.js"])
-    rendered = render_explanations(explanations, out, thumbs=INDEX_THUMBS, size=image_size, thumb=thumb_size)
+    rendered = render_explanations(explanations, out, size=image_size, thumb=thumb_size)
     matched = matched_filters(explanations, evals)
     near = neighbours(explanations.filters)
     (out / "filters").mkdir(exist_ok=True)
@@ -297,5 +309,5 @@ def clean_report(out: str | Path) -> None:
     out = Path(out)
     for part in ("index.html", "rate.html", "rate-key.json"):
         (out / part).unlink(missing_ok=True)
-    for part in ("filters", "assets", "img", "thumb"):
+    for part in ("filters", "assets", "img", "thumb", "lit"):
         shutil.rmtree(out / part, ignore_errors=True)

@@ -68,7 +68,7 @@ def write_rating_page(
         name: Name of the first source (default: its masking method).
     """
     from lavise.report.evidence import render_explanations
-    from lavise.report.html import copy_assets, esc, render_page
+    from lavise.report.html import copy_assets, esc, evidence_tag, render_page
 
     if n < 1:
         raise ValueError(f"--rate needs at least 1 filter, got {n}")
@@ -88,7 +88,7 @@ def write_rating_page(
     rng.shuffle(chosen)
     out = Path(out)
     copy_assets(out, ["report.css", "rate.js"])
-    rendered = render_explanations(explanations, out, filters=chosen, thumbs=0)
+    rendered = render_explanations(explanations, out, filters=chosen)
     page_id = hashlib.sha1(json.dumps([explanations.layer, explanations.method, other.name, chosen, seed]).encode()
                            ).hexdigest()[:12]
     key_items, blocks = [], []
@@ -99,8 +99,7 @@ def write_rating_page(
         key_items.append({"item": item, "filter": u, "A": a_src.name, "B": b_src.name,
                           "words": {"A": shown["A"], "B": shown["B"]}})
         f = explanations[u]
-        imgs = "".join(f'<img loading="lazy" src="{esc(rendered[(u, s)].image)}" alt="" width="150" height="150">'
-                       for s in range(len(f.evidence)) if (u, s) in rendered)
+        imgs = "".join(evidence_tag(rendered[(u, s)]) for s in range(len(f.evidence)) if (u, s) in rendered)
         expl = ""
         for side in ("A", "B"):
             boxes = "".join(f'<label><input type="checkbox" data-side="{side}" data-rank="{r}"> {esc(w)}</label>'

@@ -42,6 +42,38 @@
     grid.appendChild(frag);
   }
 
+  // Thumbnails: each card lists "image:overlay" file stems; the <img>s are made when the
+  // card comes near the viewport (thousands of cards stay cheap to open).
+  function fill(card) {
+    var th = card.querySelector(".thumbs");
+    var spec = th && th.getAttribute("data-th");
+    if (!spec) return;
+    th.removeAttribute("data-th");
+    spec.split(" ").forEach(function (pair) {
+      var k = pair.split(":");
+      var holder = document.createElement("i");
+      var base = document.createElement("img");
+      base.src = "thumb/" + encodeURIComponent(k[0]) + ".jpg";
+      base.alt = "";
+      var lit = document.createElement("img");
+      lit.src = "lit/" + encodeURIComponent(k[1]) + ".png";
+      lit.alt = "";
+      holder.appendChild(base);
+      holder.appendChild(lit);
+      th.appendChild(holder);
+    });
+  }
+  if ("IntersectionObserver" in window) {
+    var io = new IntersectionObserver(function (entries) {
+      entries.forEach(function (e) {
+        if (e.isIntersecting) { fill(e.target); io.unobserve(e.target); }
+      });
+    }, { rootMargin: "600px" });
+    cards.forEach(function (c) { io.observe(c); });
+  } else {
+    cards.forEach(fill);
+  }
+
   box.addEventListener("input", apply);
   sort.addEventListener("change", reorder);
   if (only) only.addEventListener("change", apply);
