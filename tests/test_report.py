@@ -70,7 +70,7 @@ def test_lit_region_and_highlight():
     out = np.asarray(highlight(img, mask))
     assert out[0, 0].max() < 100  # dimmed outside
     assert tuple(out[35, 35]) == (200, 200, 200)  # bright inside
-    layer = np.asarray(overlay(mask))
+    layer = np.asarray(overlay(mask).convert("RGBA"))
     assert layer[35, 35, 3] == 0 and layer[0, 0, 3] > 100  # clear inside, dark outside
     wide = Image.new("RGB", (300, 100))
     assert crop_like_model(wide, {"resize": 256, "crop": 224}, 50).size == (50, 50)

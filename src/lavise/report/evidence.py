@@ -100,16 +100,19 @@ def highlight(image: Image.Image | None, mask: np.ndarray, dim: float = 0.3) -> 
 
 
 def overlay(mask: np.ndarray, dim: int = 170) -> Image.Image:
-    """A transparent RGBA layer for ``mask``: dark outside the region, outlined, clear inside.
+    """A transparent layer for ``mask``: dark outside the region, outlined, clear inside.
 
     Laid over the plain image in the browser, it shows what :func:`highlight` draws,
-    while the image itself is written only once for all filters that share it.
+    while the image itself is written only once for all filters that share it. A
+    three-colour palette image (clear, dark, outline), so it encodes small and fast.
     """
     size = mask.shape[0]
-    rgba = np.zeros((size, size, 4), np.uint8)
-    rgba[~mask, 3] = dim
-    rgba[_outline(mask, width=max(1, size // 112))] = (*OUTLINE, 255)
-    return Image.fromarray(rgba, "RGBA")
+    idx = np.where(mask, 0, 1).astype(np.uint8)
+    idx[_outline(mask, width=max(1, size // 112))] = 2
+    img = Image.fromarray(idx, "P")
+    img.putpalette([0, 0, 0, 0, 0, 0, *OUTLINE])
+    img.info["transparency"] = bytes([0, dim, 255])
+    return img
 
 
 @dataclass(frozen=True)
@@ -177,18 +180,34 @@ class EvidenceRenderer:
         self.written += 1
         return img_rel, thumb_rel, data is None
 
-    def _overlay(self, top: Any, threshold: float) -> str:
-        h = hashlib.sha1(f"{_STYLE_VERSION}|{threshold!r}|{self.lit}|{top.map_shape}|".encode())
-        h.update(top.map_data)
-        rel = f"lit/{h.hexdigest()[:16]}.png"
-        if not (self.root / rel).is_file():
-            amap = top.activation_map
-            mask = lit_region(amap, threshold, self.lit) if amap is not None else np.zeros((self.lit,) * 2, bool)
-            overlay(mask).save(self.root / rel, "PNG")
-            self.written += 1
-        else:
-            self.reused += 1
-        return rel
+    def _overlays(self, jobs: list[tuple[Any, Any, float]], chunk: int = 512) -> list[str]:
+        """Writes (once) the overlay of each job; masks are upsampled in batches."""
+        names = []
+        for _, top, threshold in jobs:
+            h = hashlib.sha1(f"{_STYLE_VERSION}|{threshold!r}|{self.lit}|{top.map_shape}|".encode())
+            h.update(top.map_data)
+            names.append(f"lit/{h.hexdigest()[:16]}.png")
+        existing = {f"lit/{p.name}" for p in (self.root / "lit").iterdir()}
+        todo = [i for i, n in enumerate(names) if n not in existing]
+        todo = list({names[i]: i for i in todo}.values())  # identical overlays written once
+        self.reused += len(names) - len(todo)
+        for start in range(0, len(todo), chunk):
+            part = todo[start:start + chunk]
+            by_shape: dict[tuple, list[int]] = {}
+            for i in part:
+                by_shape.setdefault(tuple(jobs[i][1].map_shape), []).append(i)
+            for shape, rows in by_shape.items():
+                if not shape:
+                    masks = np.zeros((len(rows), self.lit, self.lit), bool)
+                else:
+                    maps = np.stack([jobs[i][1].activation_map for i in rows])
+                    thr = np.array([jobs[i][2] for i in rows], np.float32)[:, None, None]
+                    up = upsample_map(maps, self.lit)
+                    masks = (up >= thr) & (up > 0)
+                for i, mask in zip(rows, masks):
+                    overlay(mask).save(self.root / names[i], "PNG", compress_level=6)
+                    self.written += 1
+        return names
 
     def render(self, jobs: Iterable[tuple[Any, Any, float]]) -> dict[Any, RenderedImage]:
         """Renders ``(key, top_image, threshold)`` jobs; returns key -> files.
@@ -197,13 +216,15 @@ class EvidenceRenderer:
         """
         for sub in ("img", "thumb", "lit"):
             (self.root / sub).mkdir(parents=True, exist_ok=True)
+        jobs = list(jobs)
         bases: dict[str, tuple[str, str, bool]] = {}
         out: dict[Any, RenderedImage] = {}
-        for key, top, threshold in jobs:
+        lits = self._overlays(jobs)
+        for (key, top, _), lit in zip(jobs, lits):
             if top.path not in bases:
                 bases[top.path] = self._base(top.path)
             img_rel, thumb_rel, missing = bases[top.path]
-            out[key] = RenderedImage(img_rel, thumb_rel, self._overlay(top, threshold), missing)
+            out[key] = RenderedImage(img_rel, thumb_rel, lit, missing)
         if self.missing:
             logger.warning("%d top image files were not found; their evidence is drawn on grey", len(self.missing))
         return out

@@ -125,21 +125,23 @@ def neighbours(filters: Sequence[Any], k: int = 6, words: int = 10) -> dict[int,
     Returns:
         ``filter -> [(other filter, similarity, shared words)]``, most similar first.
     """
-    sets = {f.filter: set(f.labels[:words]) for f in filters}
-    holders: dict[str, list[int]] = {}
-    for u, ws in sets.items():
-        for w in ws:
-            holders.setdefault(w, []).append(u)
+    import numpy as np
+
+    ids = [f.filter for f in filters]
+    sets = [set(f.labels[:words]) for f in filters]
+    vocab = {w: i for i, w in enumerate(sorted(set().union(*sets)))} if sets else {}
+    member = np.zeros((len(ids), max(1, len(vocab))), np.float32)
+    for r, ws in enumerate(sets):
+        member[r, [vocab[w] for w in ws]] = 1.0
+    inter = member @ member.T
+    sizes = member.sum(1)
+    union = sizes[:, None] + sizes[None, :] - inter
+    sim = np.divide(inter, union, out=np.zeros_like(inter), where=union > 0)
+    np.fill_diagonal(sim, 0.0)
     out: dict[int, list[tuple[int, float, list[str]]]] = {}
-    for u, ws in sets.items():
-        shared: dict[int, int] = {}
-        for w in ws:
-            for v in holders[w]:
-                if v != u:
-                    shared[v] = shared.get(v, 0) + 1
-        scored = [(v, n / len(ws | sets[v])) for v, n in shared.items()]
-        scored.sort(key=lambda t: (-t[1], t[0]))
-        out[u] = [(v, s, sorted(ws & sets[v])) for v, s in scored[:k]]
+    for r, u in enumerate(ids):
+        best = [c for c in np.argsort(-sim[r], kind="stable")[:k] if sim[r, c] > 0]
+        out[u] = [(ids[c], float(sim[r, c]), sorted(sets[r] & sets[c])) for c in best]
     return out
 
 
