@@ -162,3 +162,12 @@ def test_cli_report_and_errors(tiny, tmp_path, capsys):
     assert main(["report", "--explanations", str(tmp_path / "nowhere"), "--out", str(tmp_path / "r")]) == 2
     assert "lavise: error: explanations not found" in capsys.readouterr().err
     assert load_explanations(root / "ex").layer == "features"
+
+
+def test_an_isolated_peak_at_the_threshold_is_lit():
+    amap = np.full((7, 7), 1.0, np.float32)
+    amap[2, 5] = 6.0  # saturated (ReLU6) and exactly T_u
+    mask = lit_region(amap, 6.0, 112)
+    assert mask.any() and mask[2 * 16 + 8, 5 * 16 + 8] and mask.sum() < 2 * 16 * 16
+    batch = lit_region(np.stack([amap, amap * 0]), np.array([6.0, 6.0]), 112)
+    assert batch.shape == (2, 112, 112) and (batch[0] == mask).all() and not batch[1].any()

@@ -32,7 +32,7 @@ logger = logging.getLogger(__name__)
 __all__ = ["crop_like_model", "upsample_map", "lit_region", "highlight", "overlay", "RenderedImage",
            "EvidenceRenderer", "render_explanations"]
 
-_STYLE_VERSION = "1"
+_STYLE_VERSION = "2"
 OUTLINE = (255, 214, 0)
 
 
@@ -64,10 +64,23 @@ def upsample_map(amap: np.ndarray, size: int) -> np.ndarray:
     return (up[0] if squeeze else up).numpy()
 
 
-def lit_region(amap: np.ndarray, threshold: float, size: int) -> np.ndarray:
-    """Boolean ``(size, size)`` mask where the upsampled map reaches ``threshold`` (and is > 0)."""
+def lit_region(amap: np.ndarray, threshold: float | np.ndarray, size: int) -> np.ndarray:
+    """Boolean mask where the filter reaches ``threshold`` on the upsampled map.
+
+    The map (``(h, w)`` or ``(n, h, w)`` with one threshold each) is upsampled
+    bilinearly to ``size`` and thresholded (NetDissect's drawing). Cells that reach the
+    threshold themselves (:func:`lavise.statistics.fires`: ``>= T_u`` and ``> 0``) are
+    lit too, as the upsampled indicator of those cells at 0.5: an isolated peak at
+    ``T_u`` (saturating activations such as ReLU6 make these common) would otherwise
+    fall between pixel centres and vanish.
+    """
+    amap = np.asarray(amap, dtype=np.float32)
+    thr = np.asarray(threshold, dtype=np.float32)
+    if amap.ndim == 3:
+        thr = thr.reshape(-1, 1, 1)
     up = upsample_map(amap, size)
-    return (up >= threshold) & (up > 0)
+    cells = ((amap >= thr) & (amap > 0)).astype(np.float32)
+    return ((up >= thr) & (up > 0)) | (upsample_map(cells, size) >= 0.5)
 
 
 def _outline(mask: np.ndarray, width: int = 1) -> np.ndarray:
@@ -201,9 +214,7 @@ class EvidenceRenderer:
                     masks = np.zeros((len(rows), self.lit, self.lit), bool)
                 else:
                     maps = np.stack([jobs[i][1].activation_map for i in rows])
-                    thr = np.array([jobs[i][2] for i in rows], np.float32)[:, None, None]
-                    up = upsample_map(maps, self.lit)
-                    masks = (up >= thr) & (up > 0)
+                    masks = lit_region(maps, np.array([jobs[i][2] for i in rows], np.float32), self.lit)
                 for i, mask in zip(rows, masks):
                     overlay(mask).save(self.root / names[i], "PNG", compress_level=6)
                     self.written += 1
