@@ -160,3 +160,37 @@ def test_a_whole_layer_index_is_small_and_opens_fast(site, driver, tmp_path):
     assert made[0] == 10 and made[-1] == 0
     loaded = driver.execute_script("var i = document.querySelector('.thumbs img'); return i.complete && i.naturalWidth;")
     assert loaded == 96
+
+
+def test_rating_page_keeps_answers_in_the_browser_and_they_summarize(tmp_path, driver):
+    import json
+
+    from selenium.webdriver.common.by import By
+
+    from lavise.report.ratings import RatingSource, summarize, write_rating_page
+
+    result = tiny_explanations(tmp_path / "data")
+    other = RatingSource("other", {f.filter: ["dog", "cat"] for f in result})
+    page, key = write_rating_page(result, other, tmp_path / "site", 3, seed=0, words=2)
+    driver.get(page.as_uri())
+    driver.find_element(By.ID, "rater").send_keys("ann")
+    items = driver.find_elements(By.CSS_SELECTOR, ".item")
+    assert len(items) == 3
+    for item in items:
+        item.find_element(By.CSS_SELECTOR, 'input[data-side="A"][data-rank="0"]').click()
+        item.find_element(By.CSS_SELECTOR, 'input[type=radio][value="A"]').click()
+    assert "3 of 3 items answered" in driver.find_element(By.ID, "status").text
+    driver.refresh()  # answers survive a reload
+    assert all(i.find_element(By.CSS_SELECTOR, 'input[type=radio][value="A"]').is_selected()
+               for i in driver.find_elements(By.CSS_SELECTOR, ".item"))
+    stored = driver.execute_script("for (var i = 0; i < localStorage.length; i++) {"
+                                   " var k = localStorage.key(i); if (k.indexOf('lavise-ratings-') === 0)"
+                                   " return localStorage.getItem(k); }")
+    answers = tmp_path / "ann.json"
+    answers.write_text(stored)
+    assert json.loads(stored)["rater"] == "ann"
+    s = summarize([answers], key, bootstrap=50)
+    k = json.loads(key.read_text())
+    first_is_a = sum(it["A"] == k["sources"][0] for it in k["items"])
+    assert s.prefer[k["sources"][0]][0] == pytest.approx(first_is_a / 3)
+    assert s.top1[k["sources"][0]][0] == pytest.approx(first_is_a / 3)
