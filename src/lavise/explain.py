@@ -7,6 +7,11 @@ words per image and rank words by frequency over the p images.
 
 Only (filter, top image) pairs are computed, so the cost is O(d * p) pooled vectors,
 never O(d * N); all filters that share a top image are pooled in one vectorised call.
+
+Each explanation also carries its evidence: up to 15 top images (the p that voted and
+the next ones, for display) with their file paths and the filter's low-resolution
+activation map on each, so a report (:mod:`lavise.report`) can draw them later without
+the feature cache or the model.
 """
 
 from __future__ import annotations
