@@ -89,16 +89,19 @@ def test_report_files_escaping_and_reuse(tiny, tmp_path):
         assert html.escape(EVIL_FILE) in page and EVIL_FILE not in page
         assert "onerror=alert(1)>" not in page
     # Every referenced file exists; each image is written once as small JPEG files
-    # (10 images), each (filter, image) adds only a small overlay.
+    # (10 images), each filter adds one overlay strip (a tile per top image).
     thumbs = list((out / "thumb").glob("*.jpg"))
     assert len(thumbs) == len(list((out / "img").glob("*.jpg"))) <= 10
     assert all(p.stat().st_size < 20_000 for p in thumbs)
-    assert all(p.stat().st_size < 5_000 for p in (out / "lit").glob("*.png"))
-    pairs = [p.split(":") for spec in re.findall(r'data-th="([^"]*)"', text) for p in spec.split()]
-    assert len(pairs) == 5 * len(result)  # five thumbnails per card
-    assert all((out / "thumb" / f"{a}.jpg").is_file() and (out / "lit" / f"{b}.png").is_file() for a, b in pairs)
+    strips = list((out / "lit").glob("*.png"))
+    assert len(strips) <= len(result) and all(p.stat().st_size < 20_000 for p in strips)
+    specs = [spec.split() for spec in re.findall(r'data-th="([^"]*)"', text)]
+    assert len(specs) == len(result) and all(len(sp) == 2 + 5 for sp in specs)  # five thumbnails per card
+    for sp in specs:
+        assert (out / "lit" / f"{sp[0]}.png").is_file() and all((out / "thumb" / f"{t}.jpg").is_file() for t in sp[2:])
+        assert Image.open(out / "lit" / f"{sp[0]}.png").size == (112 * int(sp[1]), 112)
     page = (out / "filters" / f"{result.filters[0].filter}.html").read_text()
-    refs = re.findall(r'src="\.\./((?:img|lit)/[^"]+)"', page)
+    refs = re.findall(r'src="\.\./(img/[^"]+)"', page) + re.findall(r"url\('\.\./(lit/[^']+)'\)", page)
     assert len(refs) == 2 * len(result.filters[0].evidence) and all((out / r).is_file() for r in refs)
     # Written once: building again writes no file.
     files = [p for sub in ("img", "thumb", "lit") for p in (out / sub).iterdir()]

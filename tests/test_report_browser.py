@@ -157,7 +157,7 @@ def test_a_whole_layer_index_is_small_and_opens_fast(site, driver, tmp_path):
     time.sleep(0.5)
     made = driver.execute_script("return Array.prototype.map.call(document.querySelectorAll('.thumbs'), "
                                  "function (t) { return t.querySelectorAll('img').length; });")
-    assert made[0] == 10 and made[-1] == 0
+    assert made[0] == 5 and made[-1] == 0
     loaded = driver.execute_script("var i = document.querySelector('.thumbs img'); return i.complete && i.naturalWidth;")
     assert loaded == 96
 

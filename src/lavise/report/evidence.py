@@ -7,9 +7,9 @@ with the model's preprocessing); where it reaches ``T_u`` the image stays bright
 is outlined, elsewhere it is dimmed.
 
 For the site, an image is written once as small JPEG files (page size and thumbnail)
-however many filters share it, and each (filter, image) pair adds only a small
-transparent PNG overlay (the dimmed background and the outline) that the browser lays
-over the image. Files are content-addressed (a hash of the image file's bytes, or of
+however many filters share it, and each filter adds one small transparent PNG strip
+(one tile per top image: the dimmed background and the outline) that the browser lays
+over the images. Files are content-addressed (a hash of the image file's bytes, or of
 the map and ``T_u``, with the drawing settings), so a report built again reuses them.
 Figures (:mod:`lavise.report.figures`) draw the same highlight into one image with
 :func:`highlight`.
@@ -119,9 +119,16 @@ def overlay(mask: np.ndarray, dim: int = 170) -> Image.Image:
     while the image itself is written only once for all filters that share it. A
     three-colour palette image (clear, dark, outline), so it encodes small and fast.
     """
-    size = mask.shape[0]
+    return _palette_image(_overlay_index(mask), dim)
+
+
+def _overlay_index(mask: np.ndarray) -> np.ndarray:
     idx = np.where(mask, 0, 1).astype(np.uint8)
-    idx[_outline(mask, width=max(1, size // 112))] = 2
+    idx[_outline(mask, width=max(1, mask.shape[0] // 112))] = 2
+    return idx
+
+
+def _palette_image(idx: np.ndarray, dim: int = 170) -> Image.Image:
     img = Image.fromarray(idx, "P")
     img.putpalette([0, 0, 0, 0, 0, 0, *OUTLINE])
     img.info["transparency"] = bytes([0, dim, 255])
@@ -135,14 +142,25 @@ class RenderedImage:
     Attributes:
         image: The image as the model saw it (page size), shared by every filter.
         thumb: The same image at thumbnail size, shared by every filter.
-        lit: The filter's transparent overlay (region >= T_u outlined, the rest dimmed).
+        lit: The filter's overlay strip: one transparent tile per top image, side by side
+            (region >= T_u outlined, the rest dimmed).
+        slot: This image's tile in the strip.
+        slots: Tiles in the strip.
         missing: The image file was not found (the base is grey).
     """
 
     image: str
     thumb: str
     lit: str
+    slot: int
+    slots: int
     missing: bool
+
+    @property
+    def lit_position(self) -> str:
+        """CSS ``background-size`` and ``background-position`` showing this image's tile."""
+        pos = 100.0 * self.slot / (self.slots - 1) if self.slots > 1 else 0.0
+        return f"background-size:{self.slots * 100}% 100%;background-position:{pos:.4g}% 0"
 
 
 class EvidenceRenderer:
@@ -193,49 +211,58 @@ class EvidenceRenderer:
         self.written += 1
         return img_rel, thumb_rel, data is None
 
-    def _overlays(self, jobs: list[tuple[Any, Any, float]], chunk: int = 512) -> list[str]:
-        """Writes (once) the overlay of each job; masks are upsampled in batches."""
+    def _strips(self, groups: list[tuple[Any, Sequence[Any], float]], chunk: int = 64) -> list[str]:
+        """Writes (once) each group's overlay strip; masks are upsampled in batches."""
         names = []
-        for _, top, threshold in jobs:
-            h = hashlib.sha1(f"{_STYLE_VERSION}|{threshold!r}|{self.lit}|{top.map_shape}|".encode())
-            h.update(top.map_data)
+        for _, tops, threshold in groups:
+            h = hashlib.sha1(f"{_STYLE_VERSION}|{threshold!r}|{self.lit}|".encode())
+            for t in tops:
+                h.update(f"{t.map_shape}|".encode())
+                h.update(t.map_data)
             names.append(f"lit/{h.hexdigest()[:16]}.png")
         existing = {f"lit/{p.name}" for p in (self.root / "lit").iterdir()}
-        todo = [i for i, n in enumerate(names) if n not in existing]
-        todo = list({names[i]: i for i in todo}.values())  # identical overlays written once
+        todo = list({names[i]: i for i in range(len(groups)) if names[i] not in existing}.values())
         self.reused += len(names) - len(todo)
         for start in range(0, len(todo), chunk):
             part = todo[start:start + chunk]
+            flat = [(g, t, groups[g][2]) for g in part for t in groups[g][1]]
+            masks: list[np.ndarray] = [np.zeros((self.lit, self.lit), bool)] * len(flat)
             by_shape: dict[tuple, list[int]] = {}
-            for i in part:
-                by_shape.setdefault(tuple(jobs[i][1].map_shape), []).append(i)
-            for shape, rows in by_shape.items():
-                if not shape:
-                    masks = np.zeros((len(rows), self.lit, self.lit), bool)
-                else:
-                    maps = np.stack([jobs[i][1].activation_map for i in rows])
-                    masks = lit_region(maps, np.array([jobs[i][2] for i in rows], np.float32), self.lit)
-                for i, mask in zip(rows, masks):
-                    overlay(mask).save(self.root / names[i], "PNG", compress_level=6)
-                    self.written += 1
+            for j, (_, t, _) in enumerate(flat):
+                if t.map_shape:
+                    by_shape.setdefault(tuple(t.map_shape), []).append(j)
+            for rows in by_shape.values():
+                maps = np.stack([flat[j][1].activation_map for j in rows])
+                got = lit_region(maps, np.array([flat[j][2] for j in rows], np.float32), self.lit)
+                for j, m in zip(rows, got):
+                    masks[j] = m
+            pos = 0
+            for g in part:
+                n = len(groups[g][1])
+                tiles = [_overlay_index(m) for m in masks[pos:pos + n]]
+                pos += n
+                _palette_image(np.hstack(tiles)).save(self.root / names[g], "PNG")
+                self.written += 1
         return names
 
-    def render(self, jobs: Iterable[tuple[Any, Any, float]]) -> dict[Any, RenderedImage]:
-        """Renders ``(key, top_image, threshold)`` jobs; returns key -> files.
+    def render(self, groups: Iterable[tuple[Any, Sequence[Any], float]]) -> dict[tuple[Any, int], RenderedImage]:
+        """Renders ``(key, top images, threshold)`` groups (one per filter).
 
-        Each image file is read and decoded at most once, whatever the number of filters.
+        Returns:
+            ``(key, slot) -> RenderedImage``. Each image file is read and decoded at most
+            once, whatever the number of filters; each group adds one overlay strip.
         """
         for sub in ("img", "thumb", "lit"):
             (self.root / sub).mkdir(parents=True, exist_ok=True)
-        jobs = list(jobs)
+        groups = [(k, list(tops), thr) for k, tops, thr in groups if len(tops)]
         bases: dict[str, tuple[str, str, bool]] = {}
-        out: dict[Any, RenderedImage] = {}
-        lits = self._overlays(jobs)
-        for (key, top, _), lit in zip(jobs, lits):
-            if top.path not in bases:
-                bases[top.path] = self._base(top.path)
-            img_rel, thumb_rel, missing = bases[top.path]
-            out[key] = RenderedImage(img_rel, thumb_rel, lit, missing)
+        out: dict[tuple[Any, int], RenderedImage] = {}
+        for (key, tops, _), lit in zip(groups, self._strips(groups)):
+            for slot, top in enumerate(tops):
+                if top.path not in bases:
+                    bases[top.path] = self._base(top.path)
+                img_rel, thumb_rel, missing = bases[top.path]
+                out[(key, slot)] = RenderedImage(img_rel, thumb_rel, lit, slot, len(tops), missing)
         if self.missing:
             logger.warning("%d top image files were not found; their evidence is drawn on grey", len(self.missing))
         return out
@@ -261,9 +288,8 @@ def render_explanations(
     """
     renderer = EvidenceRenderer(root, explanations.settings.get("preprocessing"), size=size, thumb=thumb)
     wanted = None if filters is None else set(filters)
-    jobs = [((f.filter, slot), top, f.threshold)
-            for f in explanations.filters if wanted is None or f.filter in wanted
-            for slot, top in enumerate(f.evidence)]
-    rendered = renderer.render(jobs)
+    groups = [(f.filter, f.evidence, f.threshold)
+              for f in explanations.filters if wanted is None or f.filter in wanted]
+    rendered = renderer.render(groups)
     logger.info("evidence files: %d written, %d reused", renderer.written, renderer.reused)
     return rendered

@@ -12,7 +12,8 @@ Layout of the output folder::
     filters/<u>.html        one page per filter
     assets/                 report.css, report.js (and rate.js with a rating page)
     img/, thumb/            top images as the model saw them (page size, index thumbnails), once each
-    lit/                    per (filter, image) overlay: the region >= T_u outlined, the rest dimmed
+    lit/                    per filter, one overlay strip (a tile per top image): the region
+                            >= T_u outlined, the rest dimmed
 """
 
 from __future__ import annotations
@@ -147,11 +148,9 @@ def neighbours(filters: Sequence[Any], k: int = 6, words: int = 10) -> dict[int,
 
 def evidence_tag(r: RenderedImage, root: str = "", *, thumb: bool = False, alt: str = "") -> str:
     """The highlighted image: the shared image with the filter's overlay laid over it (lazy)."""
-    if thumb:
-        return (f'<i><img loading="lazy" src="{root}{esc(r.thumb)}" alt=""><img loading="lazy" '
-                f'src="{root}{esc(r.lit)}" alt=""></i>')
-    return (f'<span class="ev"><img loading="lazy" src="{root}{esc(r.image)}" alt="{esc(alt)}">'
-            f'<img loading="lazy" src="{root}{esc(r.lit)}" alt=""></span>')
+    src = r.thumb if thumb else r.image
+    return (f'<span class="ev"><img loading="lazy" src="{root}{esc(src)}" alt="{esc(alt)}">'
+            f'<i style="background-image:url(\'{root}{esc(r.lit)}\');{r.lit_position}"></i></span>')
 
 
 def _fmt(x: float | None, nd: int = 3) -> str:
@@ -167,11 +166,12 @@ def _card(f: Any, ev: FilterEvaluation | None, rendered: dict, matched: bool) ->
     words = "".join(
         f'<li{" class=hit" if w.word in hits else ""}>{esc(w.word)} <small>{w.count}</small></li>'
         for w in f.words[:INDEX_WORDS])
-    # Thumbnails as "image:overlay" file stems; report.js adds the <img>s when the card
+    # Thumbnails as "strip slots image image ..." file stems; report.js adds them when the card
     # scrolls into view, so the index stays small and parses fast for a whole layer.
-    thumbs = " ".join(f"{Path(r.thumb).stem}:{Path(r.lit).stem}"
-                      for r in (rendered.get((f.filter, s)) for s in range(min(INDEX_THUMBS, len(f.evidence))))
-                      if r is not None)
+    shown = [r for r in (rendered.get((f.filter, s)) for s in range(min(INDEX_THUMBS, len(f.evidence))))
+             if r is not None]
+    thumbs = (f"{Path(shown[0].lit).stem} {shown[0].slots} " + " ".join(Path(r.thumb).stem for r in shown)
+              if shown else "")
     badge = '<span class="badge">matches GT</span>' if matched else ""
     return (f'<article class="card{" match" if matched else ""}" data-u="{f.filter}" '
             f'data-w="{esc("|".join(w.lower() for w in f.labels))}" data-agree="{agreement(f):.4f}" '

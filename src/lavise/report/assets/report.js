@@ -42,22 +42,27 @@
     grid.appendChild(frag);
   }
 
-  // Thumbnails: each card lists "image:overlay" file stems; the <img>s are made when the
-  // card comes near the viewport (thousands of cards stay cheap to open).
+  // Thumbnails: each card lists "strip slots image image ..." (file stems): the filter's
+  // overlay strip (one tile per top image) and its images. They are made when the card
+  // comes near the viewport, so thousands of cards stay cheap to open.
   function fill(card) {
     var th = card.querySelector(".thumbs");
     var spec = th && th.getAttribute("data-th");
     if (!spec) return;
     th.removeAttribute("data-th");
-    spec.split(" ").forEach(function (pair) {
-      var k = pair.split(":");
-      var holder = document.createElement("i");
+    var parts = spec.split(" ");
+    var strip = "lit/" + encodeURIComponent(parts[0]) + ".png";
+    var slots = parseInt(parts[1], 10);
+    parts.slice(2).forEach(function (stem, k) {
+      var holder = document.createElement("span");
+      holder.className = "ev";
       var base = document.createElement("img");
-      base.src = "thumb/" + encodeURIComponent(k[0]) + ".jpg";
+      base.src = "thumb/" + encodeURIComponent(stem) + ".jpg";
       base.alt = "";
-      var lit = document.createElement("img");
-      lit.src = "lit/" + encodeURIComponent(k[1]) + ".png";
-      lit.alt = "";
+      var lit = document.createElement("i");
+      lit.style.backgroundImage = "url('" + strip + "')";
+      lit.style.backgroundSize = (slots * 100) + "% 100%";
+      lit.style.backgroundPosition = (slots > 1 ? 100 * k / (slots - 1) : 0) + "% 0";
       holder.appendChild(base);
       holder.appendChild(lit);
       th.appendChild(holder);
