@@ -174,3 +174,17 @@ def test_an_isolated_peak_at_the_threshold_is_lit():
     assert mask.any() and mask[2 * 16 + 8, 5 * 16 + 8] and mask.sum() < 2 * 16 * 16
     batch = lit_region(np.stack([amap, amap * 0]), np.array([6.0, 6.0]), 112)
     assert batch.shape == (2, 112, 112) and (batch[0] == mask).all() and not batch[1].any()
+
+
+def test_cli_report_with_a_rating_page_against_other_explanations(tiny, tmp_path, capsys):
+    root, _ = tiny
+    code = main(["report", "--explanations", str(root / "ex"), "--out", str(tmp_path / "r"), "--rate", "2",
+                 "--rate-against", str(root / "ex"), "--seed", "1"])
+    assert code == 0
+    out = capsys.readouterr().out
+    assert "rate-key.json" in out and (tmp_path / "r" / "rate.html").is_file()
+    assert 'href="rate.html"' in (tmp_path / "r" / "index.html").read_text()
+    key = json.loads((tmp_path / "r" / "rate-key.json").read_text())
+    assert len(key["items"]) == 2 and len(set(key["sources"])) == 2
+    assert main(["report", "--explanations", str(root / "ex"), "--out", str(tmp_path / "r2"), "--rate", "2"]) == 2
+    assert "needs --evaluation" in capsys.readouterr().err
