@@ -21,7 +21,6 @@ from __future__ import annotations
 import html
 import json
 import logging
-import shutil
 import string
 from importlib import resources
 from pathlib import Path
@@ -304,12 +303,3 @@ def build_report(
     index = out / "index.html"
     index.write_text(_index(explanations, evals, rendered, matched, extra_links), encoding="utf-8")
     return index
-
-
-def clean_report(out: str | Path) -> None:
-    """Removes a report folder written by :func:`build_report` (only its known parts)."""
-    out = Path(out)
-    for part in ("index.html", "rate.html", "rate-key.json"):
-        (out / part).unlink(missing_ok=True)
-    for part in ("filters", "assets", "img", "thumb", "lit"):
-        shutil.rmtree(out / part, ignore_errors=True)
