@@ -39,9 +39,9 @@ def test_whole_layer_report_in_chromium(real_report, tmp_path):
     if find_chromium() is None:
         pytest.skip("chromium not installed (apt-get install chromium chromium-driver)")
     start = time.time()
-    dom = dump_dom(index, wait_ms=0)
+    dom = dump_dom(index, wait_ms=1000, timeout=180)
     assert dom.count('class="card') == 1280
-    png = screenshot(index, tmp_path / "index.png", wait_ms=2000)
+    png = screenshot(index, tmp_path / "index.png", wait_ms=2000, timeout=180)
     img = np.asarray(Image.open(png).convert("RGB"), dtype=float)
     assert img.std() > 20
     # Thumbnails were drawn: the card area holds photographs, not only text on white.
