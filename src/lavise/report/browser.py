@@ -51,8 +51,7 @@ def screenshot(url_or_path: str | Path, png: str | Path, *, width: int = 1280, h
     """Writes a PNG screenshot of a page (a file path or a ``file://`` URL)."""
     url = _url(url_or_path)
     png = Path(png).resolve()
-    res = _run([f"--window-size={width},{height}", f"--screenshot={png}",
-                f"--virtual-time-budget={wait_ms}", url], timeout)
+    res = _run([f"--window-size={width},{height}", f"--screenshot={png}", *_budget(wait_ms), url], timeout)
     if not png.is_file():
         raise RuntimeError(f"chromium wrote no screenshot: {res.stderr[-500:]}")
     return png
@@ -60,10 +59,15 @@ def screenshot(url_or_path: str | Path, png: str | Path, *, width: int = 1280, h
 
 def dump_dom(url_or_path: str | Path, *, timeout: float = 60, wait_ms: int = 500) -> str:
     """The page's DOM after its scripts ran, serialised as HTML."""
-    res = _run([f"--virtual-time-budget={wait_ms}", "--dump-dom", _url(url_or_path)], timeout)
+    res = _run([*_budget(wait_ms), "--dump-dom", _url(url_or_path)], timeout)
     if res.returncode != 0 and not res.stdout:
         raise RuntimeError(f"chromium failed: {res.stderr[-500:]}")
     return res.stdout
+
+
+def _budget(wait_ms: int) -> list[str]:
+    # A virtual time budget of 0 makes headless Chromium wait forever: leave the flag out.
+    return [f"--virtual-time-budget={wait_ms}"] if wait_ms > 0 else []
 
 
 def _url(url_or_path: str | Path) -> str:
