@@ -135,8 +135,9 @@ def test_evaluation_records_ground_truth_and_words_per_filter(tmp_path):
     assert recs[1].ground_truth == () and recs[1].best == ("car", pytest.approx(0.03)) and recs[1].words == {}
     assert recs[2].words["attention"] == ["road"]
     report = EvaluationReport("m", "layer", "trained", "ds", (), filters=recs)
-    paths = report.save(tmp_path)
-    assert (tmp_path / "evaluation-filters.csv") in paths
+    report.save(tmp_path)
+    rows = report.filters_csv().splitlines()
+    assert len(rows) == 4 and rows[1].startswith("0,dog:0.1000 dining table:0.0500,dog,0.1000,dog cat,dog")
     loaded = load_evaluation(tmp_path, "layer")
     assert loaded[0] == FilterEvaluation.from_dict(recs[0].to_dict())
     with pytest.raises(ValueError, match="layer"):

@@ -44,6 +44,7 @@ def test_whole_layer_report_in_chromium(real_report, tmp_path):
     png = screenshot(index, tmp_path / "index.png", wait_ms=2000, timeout=180)
     img = np.asarray(Image.open(png).convert("RGB"), dtype=float)
     assert img.std() > 20
-    # Thumbnails were drawn: the card area holds photographs, not only text on white.
-    assert (img[250:800].std(axis=2) > 25).mean() > 0.02
+    # Thumbnails were drawn: a good share of the card area is photograph (dimmed, so
+    # dark), not text on white (text alone darkens about 2% of it).
+    assert (img[250:800].mean(axis=2) < 120).mean() > 0.1
     print(f"report built in {seconds:.1f} s; dom dump in {time.time() - start:.1f} s")

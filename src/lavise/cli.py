@@ -254,7 +254,9 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
             permutations=args.permutations,
             **({"explainer": args.explainer} if args.explainer else {}),
         )
-        report.save(args.out, "evaluation" if len(args.checkpoint) == 1 else f"evaluation-{report.layer}")
+        stem = "evaluation" if len(args.checkpoint) == 1 else f"evaluation-{report.layer}"
+        report.save(args.out, stem)
+        write_text_atomic(args.out / f"{stem}-filters.csv", report.filters_csv())
         print(report.to_markdown())
         reports.append(report)
     if len(reports) > 1:

@@ -202,11 +202,14 @@ class EvaluationReport:
             write_text_atomic(directory / f"{stem}.md", self.to_markdown() + "\n"),
             write_text_atomic(directory / f"{stem}.csv", self.to_csv()),
             write_json_atomic(directory / f"{stem}.json", self.to_dict()),
-            write_text_atomic(directory / f"{stem}-filters.csv", self.filters_csv()),
         ]
 
     def filters_csv(self) -> str:
-        """One row per filter: ground-truth concepts with IoU, best concept, each method's words."""
+        """One row per filter: ground-truth concepts with IoU, best concept, each method's words.
+
+        (The same records are in :meth:`to_dict` under ``filters``; ``lavise evaluate``
+        also writes this table as ``<stem>-filters.csv``.)
+        """
         import csv
         import io
 

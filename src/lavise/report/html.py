@@ -76,7 +76,6 @@ def load_evaluation(path: str | Path, layer: str | None = None) -> dict[int, Fil
     path = Path(path)
     if path.is_dir():
         files = sorted(path.glob("evaluation*.json"))
-        files = [f for f in files if not f.name.endswith("-filters.json")] or files
         if layer is not None and len(files) > 1:
             files = [f for f in files if f.stem == f"evaluation-{layer}"] or files
         if not files:
