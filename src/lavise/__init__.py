@@ -30,6 +30,7 @@ from lavise.models import (
     wrap_model,
 )
 from lavise.preprocessing import Preprocessing
+from lavise.report import build_report
 from lavise.statistics import FilterStats, compute_filter_stats
 from lavise.vocabulary import list_vocabularies, load_vocabulary
 from lavise.words import RankedWord, select_words
@@ -56,6 +57,7 @@ __all__ = [
     "TargetModel",
     "TopImage",
     "WordSpace",
+    "build_report",
     "compute_filter_stats",
     "content_hashes",
     "explain",

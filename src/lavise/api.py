@@ -362,7 +362,7 @@ def explain(
         explainer, store, stats, vocabulary, filters=filters, method=config.method,
         top=min(config.top_images, len(store.valid_indices())), s=config.s, x=config.x,
         weight_by_activation=weight_by_activation, allow=allow, block=block,
-        images=image_loader, progress=config.progress,
+        images=image_loader, progress=config.progress, image_paths=list(dataset.image_paths),
     )
 
 

@@ -141,7 +141,87 @@ def build_parser() -> argparse.ArgumentParser:
     _add_runtime(p)
 
     _add_evaluate_parser(sub)
+    _add_report_parsers(sub)
     return parser
+
+
+def _add_report_parsers(sub: Any) -> None:
+    p = sub.add_parser("report", help="write a static HTML report of explanations (opens from file://)")
+    p.add_argument("--explanations", type=Path, required=True, help="folder of explanations.json (lavise explain --out)")
+    p.add_argument("--evaluation", type=Path, help="folder of evaluation.json (lavise evaluate --out): ground truth and IoU")
+    p.add_argument("--out", type=Path, required=True, help="report folder")
+    p.add_argument("--rate", type=int, metavar="N", help="also write a blind rating page for N sampled filters")
+    p.add_argument("--rate-against", metavar="SOURCE",
+                   help="second source of the rating page: netdissect, method:NAME (both need --evaluation) "
+                        "or a folder of other explanations (default: netdissect)")
+    p.add_argument("--rate-words", type=int, default=5, help="words shown per explanation on the rating page")
+    p.add_argument("--seed", type=int, default=0, help="seeds the rating sample and order")
+
+    p = sub.add_parser("figure", help="draw the paper's Figure 4 rows (top images + words) as PNG and SVG")
+    p.add_argument("--explanations", type=Path, required=True)
+    p.add_argument("--filters", required=True, help="filters, one row each, e.g. 938,1174")
+    p.add_argument("--out", type=Path, required=True, help="figure file (PNG; an SVG is written beside it)")
+    p.add_argument("--images", type=int, default=5, help="top images per row")
+    p.add_argument("--words", type=int, default=5, help="words per filter")
+    p.add_argument("--evaluation", type=Path, help="also show each filter's NetDissect label from lavise evaluate")
+
+    p = sub.add_parser("ratings", help="human ratings from the rating page")
+    rs = p.add_subparsers(dest="ratings_command", required=True)
+    q = rs.add_parser("summarize", help="precision, top-1 precision, preference with bootstrap CIs and Krippendorff's alpha")
+    q.add_argument("ratings", type=Path, nargs="+", help="raters' downloaded JSON files")
+    q.add_argument("--key", type=Path, required=True, help="rate-key.json written beside the rating page")
+    q.add_argument("--bootstrap", type=int, default=2000)
+    q.add_argument("--seed", type=int, default=0)
+    q.add_argument("--out", type=Path, help="also write OUT.md and OUT.json")
+    q.add_argument("--json", action="store_true", help="print JSON instead of Markdown")
+
+
+def cmd_report(args: argparse.Namespace) -> int:
+    from lavise.report import build_report, load_evaluation, load_explanations
+    from lavise.report.ratings import rating_source, write_rating_page
+
+    explanations = load_explanations(args.explanations)
+    evaluation = load_evaluation(args.evaluation, explanations.layer) if args.evaluation else None
+    links = ""
+    if args.rate:
+        other = rating_source(args.rate_against or "netdissect", explanations, evaluation)
+        page, key = write_rating_page(explanations, other, args.out, args.rate, seed=args.seed, words=args.rate_words)
+        links = '<a href="rate.html">rating page</a>'
+        print(f"rating page: {page.resolve()}\nunblinding key (keep it from the raters): {key.resolve()}")
+    index = build_report(explanations, args.out, evaluation=evaluation, extra_links=links)
+    print(f"report: {index.resolve()}")
+    return 0
+
+
+def cmd_figure(args: argparse.Namespace) -> int:
+    from lavise.explain import parse_filters
+    from lavise.report import load_evaluation, load_explanations
+    from lavise.report.figures import filter_rows_figure, save_figure
+
+    explanations = load_explanations(args.explanations)
+    # Rows in the order given (parse_filters checks the syntax and sorts; keep the user's order).
+    wanted = parse_filters(args.filters, 1 << 30)
+    given = [int(p) for p in args.filters.split(",") if p.strip() and "-" not in p]
+    filters = given if sorted(set(given)) == wanted else wanted
+    other = None
+    if args.evaluation:
+        evaluation = load_evaluation(args.evaluation, explanations.layer)
+        other = {u: [ev.best[0]] for u, ev in evaluation.items() if ev.best}
+    fig = filter_rows_figure(explanations, filters, images=args.images, words=args.words, other=other)
+    for path in save_figure(fig, args.out):
+        print(f"wrote {path}")
+    return 0
+
+
+def cmd_ratings(args: argparse.Namespace) -> int:
+    from lavise.report.ratings import summarize
+
+    summary = summarize(args.ratings, args.key, bootstrap=args.bootstrap, seed=args.seed)
+    print(summary.to_json() if args.json else summary.to_markdown(), end="" if not args.json else "\n")
+    if args.out:
+        md, js = summary.save(args.out)
+        print(f"wrote {md} and {js}")
+    return 0
 
 
 def _add_evaluate_parser(sub: Any) -> None:
@@ -188,7 +268,9 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
             permutations=args.permutations,
             **({"explainer": args.explainer} if args.explainer else {}),
         )
-        report.save(args.out, "evaluation" if len(args.checkpoint) == 1 else f"evaluation-{report.layer}")
+        stem = "evaluation" if len(args.checkpoint) == 1 else f"evaluation-{report.layer}"
+        report.save(args.out, stem)
+        write_text_atomic(args.out / f"{stem}-filters.csv", report.filters_csv())
         print(report.to_markdown())
         reports.append(report)
     if len(reports) > 1:
@@ -336,12 +418,17 @@ def cmd_demo(args: argparse.Namespace) -> int:
     js, cs = result.save(out)
     print(f"the {args.show} filters whose top images agree most on their first word:")
     print(result.table(limit=args.show, order="consistency"))
+    from lavise.report import build_report
+
+    index = build_report(result, out / "report")
     print(f"wrote {js} and {cs} in {time.time() - start:.0f} s")
+    print(f"report: {index.resolve()} (open it in a browser)")
     return 0
 
 
 COMMANDS = {"demo": cmd_demo, "layers": cmd_layers, "list": cmd_list, "train": cmd_train,
-            "extract": cmd_extract, "explain": cmd_explain, "evaluate": cmd_evaluate}
+            "extract": cmd_extract, "explain": cmd_explain, "evaluate": cmd_evaluate,
+            "report": cmd_report, "figure": cmd_figure, "ratings": cmd_ratings}
 
 
 def error_line(exc: BaseException) -> str:

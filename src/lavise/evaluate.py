@@ -40,7 +40,7 @@ from lavise.statistics import FilterStats
 
 logger = logging.getLogger(__name__)
 
-__all__ = ["GroundTruth", "EvaluationReport", "compute_ground_truth", "evaluate"]
+__all__ = ["GroundTruth", "FilterEvaluation", "EvaluationReport", "compute_ground_truth", "evaluate"]
 
 
 @dataclass(frozen=True)
@@ -99,6 +99,60 @@ def compute_ground_truth(
 
 
 @dataclass(frozen=True)
+class FilterEvaluation:
+    """Why one filter scores what it scores: its ground truth and every method's words.
+
+    Attributes:
+        filter: Filter index.
+        ground_truth: ``(concept, IoU)`` of the concepts above the IoU threshold, best first.
+        best: The highest-IoU concept and its IoU (NetDissect's label), even below the threshold.
+        words: Each method's and baseline's words (only filters with ground truth are explained).
+    """
+
+    filter: int
+    ground_truth: tuple[tuple[str, float], ...] = ()
+    best: tuple[str, float] | None = None
+    words: dict = field(default_factory=dict)
+
+    @property
+    def concepts(self) -> list[str]:
+        """The ground-truth concept names, best IoU first."""
+        return [c for c, _ in self.ground_truth]
+
+    def to_dict(self) -> dict:
+        return {"filter": self.filter, "ground_truth": [[c, round(i, 5)] for c, i in self.ground_truth],
+                "best": [self.best[0], round(self.best[1], 5)] if self.best else None, "words": self.words}
+
+    @classmethod
+    def from_dict(cls, d: dict) -> "FilterEvaluation":
+        best = d.get("best")
+        return cls(int(d["filter"]), tuple((str(c), float(i)) for c, i in d.get("ground_truth", ())),
+                   (str(best[0]), float(best[1])) if best else None,
+                   {str(k): [str(w) for w in v] for k, v in d.get("words", {}).items()})
+
+
+def filter_records(gt: GroundTruth, filters: Sequence[int], predictions: dict[str, list[list[str]]]
+                   ) -> tuple[FilterEvaluation, ...]:
+    """One :class:`FilterEvaluation` per filter of the layer.
+
+    Args:
+        gt: Ground truth of every filter.
+        filters: The filters ``predictions`` are for (their list order).
+        predictions: Method or baseline name -> words of each of ``filters``.
+    """
+    col = {c: i for i, c in enumerate(gt.concepts)}
+    pos = {u: i for i, u in enumerate(filters)}
+    best_iou, best_idx = gt.iou.max(1)
+    out = []
+    for u, concepts in enumerate(gt.per_filter):
+        words = {name: list(ws[pos[u]]) for name, ws in predictions.items()} if u in pos else {}
+        out.append(FilterEvaluation(
+            u, tuple((c, float(gt.iou[u, col[c]])) for c in concepts),
+            (gt.concepts[int(best_idx[u])], float(best_iou[u])) if gt.iou.shape[1] else None, words))
+    return tuple(out)
+
+
+@dataclass(frozen=True)
 class EvaluationReport:
     """Scores of every method and baseline on one layer, shaped like the paper's Table 2."""
 
@@ -110,6 +164,7 @@ class EvaluationReport:
     specificity: dict = field(default_factory=dict)
     ground_truth: dict = field(default_factory=dict)
     settings: dict = field(default_factory=dict)
+    filters: tuple[FilterEvaluation, ...] = ()
 
     def row(self, method: str) -> MethodScores:
         for r in self.rows:
@@ -123,6 +178,7 @@ class EvaluationReport:
             "dataset": self.dataset, "rows": [r.to_dict() for r in self.rows],
             "specificity": self.specificity, "ground_truth": self.ground_truth,
             "settings": self.settings,
+            "filters": [f.to_dict() for f in self.filters],
         }
 
     def to_markdown(self) -> str:
@@ -155,6 +211,25 @@ class EvaluationReport:
             write_text_atomic(directory / f"{stem}.csv", self.to_csv()),
             write_json_atomic(directory / f"{stem}.json", self.to_dict()),
         ]
+
+    def filters_csv(self) -> str:
+        """One row per filter: ground-truth concepts with IoU, best concept, each method's words.
+
+        (The same records are in :meth:`to_dict` under ``filters``; ``lavise evaluate``
+        also writes this table as ``<stem>-filters.csv``.)
+        """
+        import csv
+        import io
+
+        methods = list(dict.fromkeys(m for f in self.filters for m in f.words))
+        buf = io.StringIO()
+        w = csv.writer(buf)
+        w.writerow(["filter", "ground_truth", "best_concept", "best_iou", *methods])
+        for f in self.filters:
+            w.writerow([f.filter, " ".join(f"{c}:{i:.4f}" for c, i in f.ground_truth),
+                        f.best[0] if f.best else "", f"{f.best[1]:.4f}" if f.best else "",
+                        *[" ".join(f.words.get(m, [])) for m in methods]])
+        return buf.getvalue()
 
 
 def evaluate(
@@ -235,7 +310,7 @@ def evaluate(
             image_loader = _image_loader(dataset, explainer.model)
         result = explain_filters(
             explainer, store, stats, vocabulary, filters=filters, method=method, top=top,
-            s=config.s, x=x, images=image_loader, progress=config.progress,
+            s=config.s, x=x, images=image_loader, progress=config.progress, display=0,
         )
         predictions[method] = result.words()
     if baselines:
@@ -279,6 +354,7 @@ def evaluate(
                   "vocabulary": config.vocabulary, "vocabulary_size": len(vocabulary),
                   "allow_offensive": config.allow_offensive,
                   "resolution": resolution, "methods": list(methods)},
+        filters=filter_records(gt, filters, predictions),
     )
 
 

@@ -7,18 +7,25 @@ words per image and rank words by frequency over the p images.
 
 Only (filter, top image) pairs are computed, so the cost is O(d * p) pooled vectors,
 never O(d * N); all filters that share a top image are pooled in one vectorised call.
+
+Each explanation also carries its evidence: up to 15 top images (the p that voted and
+the next ones, for display) with their file paths and the filter's low-resolution
+activation map on each, so a report (:mod:`lavise.report`) can draw them later without
+the feature cache or the model.
 """
 
 from __future__ import annotations
 
+import base64
 import csv
 import io
 import json
 import logging
-from dataclasses import asdict, dataclass
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable, Sequence
 
+import numpy as np
 import torch
 from tqdm.auto import tqdm
 
@@ -31,15 +38,61 @@ from lavise.wordspace import WordSpace
 
 logger = logging.getLogger(__name__)
 
-__all__ = ["TopImage", "FilterExplanation", "Explanations", "explain_filters", "parse_filters"]
+__all__ = ["TopImage", "FilterExplanation", "Explanations", "explain_filters", "parse_filters",
+           "DISPLAY_IMAGES", "MAP_SIDE"]
+
+DISPLAY_IMAGES = 15
+"""Top images kept per filter as evidence (the paper's human study shows 15)."""
+MAP_SIDE = 14
+"""Largest side of a stored activation map; larger maps are max-pooled down to it."""
 
 
 @dataclass(frozen=True)
 class TopImage:
-    """One of a filter's top-activated images."""
+    """One of a filter's top-activated images, optionally with its evidence.
+
+    Attributes:
+        image_id: The image's id in its dataset.
+        activation: The filter's spatial max on the image.
+        path: The image file (absolute), so a report can find it again; empty when unknown.
+        voted: Whether the image voted for the filter's words (one of the top p
+            images, and, for thresholded masking methods, the filter reaches T_u on it).
+        map_shape: ``(h, w)`` of :attr:`map_data`; empty when no map was recorded.
+        map_data: The filter's activation map on the image (after the model's resize and
+            centre crop), float16 little-endian bytes, at most ``MAP_SIDE`` per side.
+            JSON stores it base64-encoded (``"map"``).
+    """
 
     image_id: str
     activation: float
+    path: str = ""
+    voted: bool = True
+    map_shape: tuple[int, ...] = ()
+    map_data: bytes = b""
+
+    @property
+    def activation_map(self) -> np.ndarray | None:
+        """The low-resolution activation map as float32 ``(h, w)``, or None."""
+        if not self.map_data:
+            return None
+        return np.frombuffer(self.map_data, dtype="<f2").reshape(self.map_shape).astype(np.float32)
+
+    def to_dict(self) -> dict:
+        d: dict[str, Any] = {"image_id": self.image_id, "activation": self.activation}
+        if self.path:
+            d["path"] = self.path
+        if self.map_data or self.path:
+            d["voted"] = self.voted
+        if self.map_data:
+            d["map_shape"] = list(self.map_shape)
+            d["map"] = base64.b64encode(self.map_data).decode("ascii")
+        return d
+
+    @classmethod
+    def from_dict(cls, d: dict) -> "TopImage":
+        data = base64.b64decode(d["map"]) if d.get("map") else b""
+        return cls(str(d["image_id"]), float(d["activation"]), str(d.get("path", "")),
+                   bool(d.get("voted", True)), tuple(int(v) for v in d.get("map_shape", ())), data)
 
 
 @dataclass(frozen=True)
@@ -50,8 +103,11 @@ class FilterExplanation:
         layer: Dotted layer path.
         filter: Filter (channel) index.
         words: Ranked words, most frequent first.
-        top_images: The images the words were computed from, most activated first.
+        top_images: The p images the words were computed from, most activated first.
         threshold: T_u, the activation exceeded by a fraction p of all activations.
+        evidence: Up to ``DISPLAY_IMAGES`` top images (at least the p above) with their
+            paths, low-resolution activation maps and whether they voted for the words,
+            so a report can be drawn without the feature cache or the model.
     """
 
     layer: str
@@ -59,6 +115,7 @@ class FilterExplanation:
     words: tuple[RankedWord, ...]
     top_images: tuple[TopImage, ...]
     threshold: float
+    evidence: tuple[TopImage, ...] = ()
 
     @property
     def labels(self) -> list[str]:
@@ -71,7 +128,8 @@ class FilterExplanation:
             "filter": self.filter,
             "threshold": self.threshold,
             "words": [w.to_dict() for w in self.words],
-            "top_images": [asdict(t) for t in self.top_images],
+            "top_images": [{"image_id": t.image_id, "activation": t.activation} for t in self.top_images],
+            **({"evidence": [t.to_dict() for t in self.evidence]} if self.evidence else {}),
         }
 
 
@@ -119,8 +177,9 @@ class Explanations:
                 layer=f["layer"],
                 filter=int(f["filter"]),
                 words=tuple(RankedWord(**w) for w in f["words"]),
-                top_images=tuple(TopImage(**t) for t in f["top_images"]),
+                top_images=tuple(TopImage.from_dict(t) for t in f["top_images"]),
                 threshold=float(f["threshold"]),
+                evidence=tuple(TopImage.from_dict(t) for t in f.get("evidence", ())),
             )
             for f in d["filters"]
         )
@@ -280,6 +339,52 @@ def pooled_top_image_features(
     return out
 
 
+def _preprocessing_of(explainer: Explainer) -> dict | None:
+    pre = getattr(explainer.model, "preprocessing", None)
+    return pre.to_dict() if pre is not None else None
+
+
+def top_image_maps(
+    store: Any,
+    stats: FilterStats,
+    filters: Sequence[int],
+    count: int,
+    *,
+    max_side: int = MAP_SIDE,
+    batch_size: int = 64,
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """Each filter's activation map on each of its top ``count`` images.
+
+    Reads each needed store row once (rows shared by several filters are not re-read).
+
+    Returns:
+        ``(rows (U, count) long, values (U, count), maps (U, count, h, w) float16)``;
+        slots past the number of images with features have value ``-inf`` and zero maps.
+    """
+    d, h, w = store.shape
+    filt = torch.as_tensor(list(filters), dtype=torch.long)
+    count = min(count, stats.top_images.shape[1])
+    rows = stats.top_images[filt, :count].clone()
+    values = stats.top_values[filt, :count].clone()
+    oh, ow = min(h, max_side), min(w, max_side)
+    maps = torch.zeros(len(filt), count, oh, ow, dtype=torch.float16)
+    valid = torch.isfinite(values)
+    pair_pos, pair_slot = torch.nonzero(valid, as_tuple=True)
+    pair_row = rows[pair_pos, pair_slot]
+    needed = torch.unique(pair_row)
+    batch_pos = torch.full((len(store),), -1, dtype=torch.long)
+    for idx, feats in store.batches(batch_size=batch_size, indices=needed.numpy()):
+        idx = torch.as_tensor(idx, dtype=torch.long).cpu()
+        batch_pos[idx] = torch.arange(len(idx))
+        sel = torch.nonzero(batch_pos[pair_row] >= 0).flatten()
+        m = feats.cpu()[batch_pos[pair_row[sel]], filt[pair_pos[sel]]]  # (S, h, w)
+        if (oh, ow) != (h, w):
+            m = torch.nn.functional.adaptive_max_pool2d(m[:, None], (oh, ow))[:, 0]
+        maps[pair_pos[sel], pair_slot[sel]] = m.to(torch.float16)
+        batch_pos[idx] = -1
+    return rows, values, maps
+
+
 def explain_filters(
     explainer: Explainer,
     store: Any,
@@ -296,6 +401,8 @@ def explain_filters(
     block: set[str] | None = None,
     images: Callable[[Sequence[int]], torch.Tensor] | None = None,
     progress: bool = True,
+    image_paths: Sequence[str | Path] | None = None,
+    display: int = DISPLAY_IMAGES,
 ) -> Explanations:
     """Explains filters of ``explainer.layer`` over the images in ``store``.
 
@@ -314,6 +421,9 @@ def explain_filters(
         block: These words may not be chosen.
         images: Normalised images by store row, for the ``image`` method.
         progress: Show progress bars.
+        image_paths: Image file of each store row (e.g. ``dataset.image_paths``),
+            recorded in the evidence so a report can find the images again.
+        display: Top images kept per filter as evidence (at least p; 0: none).
     """
     d = store.shape[0]
     if store.layer != explainer.layer:
@@ -343,13 +453,36 @@ def explain_filters(
     top_idx = stats.top_images[filters, :top]
     top_val = stats.top_values[filters, :top]
     weights = top_val.clamp(min=0) if weight_by_activation else None
+    voted = torch.ones_like(top_val, dtype=torch.bool)
     if get_masking_method(method).thresholded:
         # A thresholded mask is empty in a top image where the filter never reaches
         # T_u (small datasets: fewer than p images hold the top p% of activations);
         # such images say nothing about the filter and get no vote.
         fires = (top_val >= stats.thresholds[filters, None]) & (top_val > 0)
         weights = fires.float() if weights is None else weights * fires
+        voted = fires
     ranked = select_words(vectors, vocabulary, s=s, x=x, weights=weights, allow=allow, block=block)
+    evidence: list[tuple[TopImage, ...]] = [()] * len(filters)
+    if display > 0:
+        if image_paths is not None and len(image_paths) != len(store):
+            raise ValueError(f"{len(image_paths)} image paths for {len(store)} cached images")
+        ev_rows, ev_vals, ev_maps = top_image_maps(store, stats, filters, max(display, top))
+        shape = tuple(ev_maps.shape[2:])
+        for pos in range(len(filters)):
+            items = []
+            for slot in range(ev_rows.shape[1]):
+                val = float(ev_vals[pos, slot])
+                if val == float("-inf"):
+                    break
+                row = int(ev_rows[pos, slot])
+                items.append(TopImage(
+                    store.ids[row], val,
+                    path=str(Path(image_paths[row]).resolve()) if image_paths is not None else "",
+                    voted=slot < top and bool(voted[pos, slot]),
+                    map_shape=shape,
+                    map_data=ev_maps[pos, slot].numpy().astype("<f2").tobytes(),
+                ))
+            evidence[pos] = tuple(items)
     results = []
     for pos, uu in enumerate(filters):
         results.append(FilterExplanation(
@@ -358,8 +491,11 @@ def explain_filters(
             words=tuple(ranked[pos]),
             top_images=tuple(TopImage(store.ids[int(i)], float(v)) for i, v in zip(top_idx[pos], top_val[pos])),
             threshold=float(stats.thresholds[uu]),
+            evidence=evidence[pos],
         ))
     settings = {"p": top, "s": s, "x": x, "quantile": stats.quantile, "pooling": explainer.pooling,
                 "vocabulary_size": len(vocabulary), "weight_by_activation": weight_by_activation,
-                "images": len(store), "word_space": explainer.word_space.name}
+                "images": len(store), "word_space": explainer.word_space.name,
+                "display_images": max(display, top) if display > 0 else 0,
+                "preprocessing": _preprocessing_of(explainer)}
     return Explanations(explainer.model.name, explainer.layer, method, explainer.kind, settings, tuple(results))
