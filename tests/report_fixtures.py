@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import shutil
 from pathlib import Path
 
 import torch
@@ -25,8 +24,9 @@ def tiny_explanations(root: Path, n_images: int = 9, x: int = 3):
     space = WordSpace("toy", WORDS, torch.randn(len(WORDS), 8))
     head = ExplainerHead(6, 8).eval()
     exp = Explainer(model, "features", space, "trained", head, split_concepts(WORDS[:10], 0.5))
-    folder = image_folder(root / "imgs", n=n_images)
-    shutil.copy(folder / "img000.jpg", folder / EVIL_FILE)
+    folder = image_folder(root / "imgs", n=n_images + 1)
+    # A distinct image: a copy of another file would be the same image (identity by content).
+    (folder / f"img{n_images:03d}.jpg").rename(folder / EVIL_FILE)
     config = Config(cache_dir=str(root / "cache"), progress=False, device="cpu", top_images=3, s=3, x=x,
                     vocabulary="glove", vocabulary_size=None, method="attention")
     return explain(exp, str(folder), config=config, allow=set(WORDS[6:]))

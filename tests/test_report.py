@@ -31,7 +31,7 @@ def tiny(tmp_path_factory):
 
 def test_explanations_carry_up_to_15_top_images_with_paths_maps_and_votes(tiny):
     root, result = tiny
-    n_images = 10  # 9 random images + the evil-named copy
+    n_images = 10  # 9 random images + one with an HTML-tag name
     for f in result:
         assert len(f.top_images) == 3
         assert len(f.evidence) == min(DISPLAY_IMAGES, n_images)  # more than p, kept for display
