@@ -97,6 +97,32 @@ def generate_images(root: Path, n: int, size: tuple[int, int], classes: int, see
     return root
 
 
+def small_cnn():
+    """A small random CNN (``--model small-cnn``): 4 strided convolutions to a 64-channel
+    8 x 8 map at 128 x 128 input, for scale runs on a shared CPU where the per-image cost
+    that matters is the pipeline's, not the backbone's."""
+    from torch import nn
+
+    from lavise.models import wrap_model
+    from lavise.preprocessing import Preprocessing
+
+    torch.manual_seed(0)
+    body = nn.Sequential(
+        nn.Conv2d(3, 16, 3, stride=2, padding=1), nn.ReLU(),
+        nn.Conv2d(16, 32, 3, stride=2, padding=1), nn.ReLU(),
+        nn.Conv2d(32, 64, 3, stride=2, padding=1), nn.ReLU(),
+        nn.Conv2d(64, 64, 3, stride=2, padding=1), nn.ReLU(),
+    )
+    net = nn.Sequential()
+    net.add_module("features", body)
+    net.add_module("pool", nn.AdaptiveAvgPool2d(1))
+    net.add_module("flat", nn.Flatten())
+    net.add_module("fc", nn.Linear(64, 10))
+    return wrap_model(net.eval(), Preprocessing(resize=144, crop=128), name="small-cnn",
+                      class_names=[f"class{i}" for i in range(10)], default_layer="features",
+                      classifier_modules=("fc",))
+
+
 def run_one(args: argparse.Namespace, n: int) -> dict:
     """All N-dependent stages of one size, in this process."""
     import lavise
@@ -108,12 +134,13 @@ def run_one(args: argparse.Namespace, n: int) -> dict:
     work = Path(tempfile.mkdtemp(prefix=f"lavise-scale-{n}-", dir=args.workdir))
     try:
         images = generate_images(work / "images", n, args.size, args.classes)
-        model = lavise.load_model(args.model)
+        model = small_cnn() if args.model == "small-cnn" else lavise.load_model(args.model)
         config = lavise.Config(cache_dir=str(work / "cache"), progress=False, device="cpu",
                                image_batch_size=args.batch_size, num_workers=args.workers)
         dataset = open_dataset(f"imagefolder:{images}", None, model)
         layer = args.layer or model.default_layer
-        LayerExtractor(model, layer).features(torch.zeros(2, 3, 224, 224))  # warm-up, not timed
+        crop = model.preprocessing.crop
+        LayerExtractor(model, layer).features(torch.zeros(2, 3, crop, crop))  # warm-up, not timed
         times: dict[str, float] = {}
         cpu: dict[str, float] = {}
 
@@ -171,7 +198,7 @@ def main(argv: list[str] | None = None) -> None:
     ap.add_argument("--size", type=lambda s: tuple(int(v) for v in s.split("x")), default=(320, 240),
                     help="generated image size WxH (default 320x240)")
     ap.add_argument("--classes", type=int, default=10)
-    ap.add_argument("--model", default="efficientnet-lite0")
+    ap.add_argument("--model", default="efficientnet-lite0", help="a registered model, or small-cnn")
     ap.add_argument("--layer", default=None)
     ap.add_argument("--resolution", type=int, default=112, help="IoU grid side (default 112)")
     ap.add_argument("--batch-size", type=int, default=8)
