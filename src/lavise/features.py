@@ -6,6 +6,10 @@ key derived from the model's weights, the layer, the preprocessing and the image
 list: any change is a cache miss, never a stale hit. Extraction is resumable (a
 ``done`` mask is saved as it goes) and can be split across processes
 (``rank``/``world_size``), each writing its own rows of the same file.
+
+Extraction reads only the pixels (:mod:`lavise.decode`: JPEGs at reduced size where the
+resize allows, or file bytes decoded on the GPU) and decodes the next batch while the
+model runs on the current one (DataLoader workers, or :func:`lavise.prefetch.prefetch`).
 """
 
 from __future__ import annotations
