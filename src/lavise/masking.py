@@ -278,7 +278,7 @@ class ImageMasking(MaskingMethod):
         filters: torch.Tensor | Sequence[int],
         thresholds: torch.Tensor,
         extract: Callable[[torch.Tensor], torch.Tensor],
-        chunk_size: int = 64,
+        chunk_size: int | None = None,
     ) -> torch.Tensor:
         """Pooled features of the masked images, for every (image, filter) pair.
 
@@ -290,7 +290,7 @@ class ImageMasking(MaskingMethod):
             extract: Maps a normalised image batch ``(n, 3, H, W)`` to the layer's
                 features ``(n, d, h', w')``.
             chunk_size: Masked images per forward pass (bounds memory: only one chunk of
-                masks and masked images exists at a time).
+                masks and masked images exists at a time; default as :meth:`pool_pairs`).
 
         Returns:
             ``(B, U, d)`` on the features' device.
@@ -308,7 +308,7 @@ class ImageMasking(MaskingMethod):
         thresholds: torch.Tensor,
         extract: Callable[[torch.Tensor], torch.Tensor],
         pairs: tuple[torch.Tensor, torch.Tensor],
-        chunk_size: int = 64,
+        chunk_size: int | None = None,
     ) -> torch.Tensor:
         """Pooled features of the masked images of chosen (image, filter) pairs.
 
@@ -326,7 +326,8 @@ class ImageMasking(MaskingMethod):
             extract: Normalised images ``(n, 3, H, W)`` -> layer features ``(n, d, h', w')``.
             pairs: ``(image positions (P,), filter positions (P,))`` into the batch and
                 ``filters``.
-            chunk_size: Masked images per forward pass.
+            chunk_size: Masked images per forward pass (default: 64 on a GPU, 1 on a
+                CPU, where batch 1 measures fastest: see docs/performance.md).
 
         Returns:
             ``(P, d)`` on the features' device, in the order of ``pairs``.
@@ -335,6 +336,8 @@ class ImageMasking(MaskingMethod):
         if images.ndim != 4 or images.shape[0] != features.shape[0]:
             raise ValueError(f"images must be (B, C, H, W) with B={features.shape[0]}, "
                              f"got {tuple(images.shape)}")
+        if chunk_size is None:
+            chunk_size = 1 if features.device.type == "cpu" else 64
         if chunk_size < 1:
             raise ValueError(f"chunk_size must be >= 1, got {chunk_size}")
         device, dtype = features.device, features.dtype
