@@ -72,7 +72,7 @@ def main(argv=None) -> None:
         filters = parse_filters(args.image_filters, store.shape[0]) if args.image_filters else []
         loader = _image_loader(target, model)
         extract = LayerExtractor(model, "_head_act").features
-        top = config.top_images
+        top = min(config.top_images, n)
         old = new = None
         for r in range(args.repeats):
             for bs in (1, 8):

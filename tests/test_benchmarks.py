@@ -36,7 +36,7 @@ def _mini_panoptic(sample: Path, root: Path, counts: dict[str, int]) -> Path:
 def bench(monkeypatch):
     monkeypatch.syspath_prepend(str(BENCH))
     yield
-    for name in ("bench_pipeline", "bench_scale"):
+    for name in ("bench_pipeline", "bench_scale", "bench_extraction", "bench_cpu_time"):
         sys.modules.pop(name, None)
 
 
@@ -67,3 +67,27 @@ def test_scale_benchmark_smoke(bench, tmp_path, capsys):
         "extraction", "filter statistics", "IoU ground truth", "pool concept masks"}
     assert size["peak_anon_mib"] > 0 and result["head"]["extrapolated_50_epochs_s"] > 0
     assert "peak anonymous RSS" in capsys.readouterr().out
+
+
+@pytest.mark.slow
+def test_extraction_benchmark_smoke(bench, tmp_path, capsys, monkeypatch):
+    import bench_extraction
+    from tiny import image_folder
+
+    folder = image_folder(tmp_path / "imgs", n=4, size=(64, 80))
+    monkeypatch.setattr(sys, "argv", ["bench_extraction.py", str(folder), "--device", "cpu", "--workers", "0",
+                                      "--batch-size", "2", "--decode", "cpu", "device"])
+    bench_extraction.main()
+    out = capsys.readouterr().out
+    assert "decode cpu" in out and "decode device" in out
+
+
+@pytest.mark.slow
+def test_cpu_time_benchmark_smoke(bench, sample_dir, tmp_path, capsys):
+    import bench_cpu_time
+
+    root = _mini_panoptic(sample_dir / "coco-panoptic", tmp_path / "coco", {"val2017": 3})
+    bench_cpu_time.main(["--images", str(root), "--repeats", "1", "--image-filters", "0-1"])
+    out = capsys.readouterr().out
+    assert "fastest extraction / floor" in out and "previous / batched" in out
+    assert float(out.split("largest difference ")[1].split()[0]) < 1e-3
