@@ -182,3 +182,63 @@ def test_follows_the_input_device(name):
     got = get_masking_method(name).pool(feats.cuda(), torch.tensor([0, 3]), t)
     assert got.device.type == "cuda"
     torch.testing.assert_close(got.cpu(), get_masking_method(name).pool(feats, [0, 3], t))
+
+
+@torch.no_grad()
+def test_batched_image_masking_equals_the_per_filter_path_and_skips_known_passes():
+    """pool_pairs over many images and filters gives the old per-(filter, image) results,
+    with one forward pass for all empty masks and none for a repeated mask."""
+    extract = _toy_extract()
+    g = torch.Generator().manual_seed(3)
+    images = torch.randn(4, 3, 16, 16, generator=g)
+    feats = extract(images)
+    t = feats.flatten(2).transpose(0, 1).reshape(5, -1).quantile(0.8, dim=1)
+    t[2] = 1e9  # filter 2 never fires: empty masks
+    t[3] = -1e9  # filter 3 fires everywhere
+    feats[:, 3] = feats[:, 3].abs() + 1
+    feats[:, 4] = feats[:, 3]  # filter 4 fires everywhere too: the same mask as 3
+    m = get_masking_method("image")
+    pair_b = torch.tensor([0, 1, 2, 3, 0, 1, 2, 3, 0, 2, 3, 1])
+    pair_u = torch.tensor([0, 0, 1, 1, 2, 2, 3, 3, 4, 4, 0, 1])
+    filters = torch.tensor([0, 1, 2, 3, 4])
+    want = torch.stack([m.pool_images(images[b:b + 1], feats[b:b + 1], filters[u:u + 1], t, extract)[0, 0]
+                        for b, u in zip(pair_b.tolist(), pair_u.tolist())])
+    calls = []
+
+    def counting(x):
+        calls.append(len(x))
+        return extract(x)
+
+    for chunk in (1, 3, 64):
+        calls.clear()
+        got = m.pool_pairs(images, feats, filters, t, counting, (pair_b, pair_u), chunk_size=chunk)
+        torch.testing.assert_close(got, want, rtol=1e-5, atol=1e-6)
+        # 12 pairs - 2 empty (run once, as one zero image) - 1 repeat (filters 3 and 4 on image 2)
+        assert sum(calls) == 12 - 2 + 1 - 1
+    with pytest.raises(ValueError, match="pairs"):
+        m.pool_pairs(images, feats, filters, t, extract, (pair_b, pair_u[:-1]))
+
+
+@torch.no_grad()
+@pytest.mark.parametrize("pooling", ["mean", "rescaled"])
+def test_explain_pools_image_pairs_like_a_per_filter_per_image_loop(pooling):
+    """The batched image path of explain equals one forward pass per (filter, top image)."""
+    from lavise.explain import pooled_top_image_features
+    from lavise.explainer import rescale_pooled
+    from lavise.statistics import TensorFeatureSource, compute_filter_stats
+
+    extract = _toy_extract()
+    images = torch.randn(20, 3, 16, 16, generator=torch.Generator().manual_seed(4))
+    feats = extract(images)
+    stats = compute_filter_stats(TensorFeatureSource(feats), quantile=0.05, top_k=4, progress=False)
+    filters = [0, 2, 3]
+    out = pooled_top_image_features(TensorFeatureSource(feats), stats, filters, "image", top=4,
+                                    images=lambda rows: images[list(rows)], extract=extract,
+                                    progress=False, pooling=pooling)
+    m = get_masking_method("image")
+    for pos, u in enumerate(filters):
+        for slot, img in enumerate(stats.top_images[u, :4].tolist()):
+            ref = m.pool_images(images[img:img + 1], feats[img:img + 1], [u], stats.thresholds, extract)[0, 0]
+            if pooling == "rescaled":
+                ref = rescale_pooled(ref, feats[img].mean((1, 2)).norm())
+            torch.testing.assert_close(out[pos, slot], ref, rtol=1e-5, atol=1e-6)

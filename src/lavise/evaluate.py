@@ -24,6 +24,7 @@ from lavise.config import Config
 from lavise.explain import explain_filters
 from lavise.features import features_with_masks
 from lavise.explainer import Explainer
+from lavise.iou import iou_cache_key, load_cached_iou, save_cached_iou
 from lavise.masking import list_masking_methods
 from lavise.metrics import (
     IoUAccumulator,
@@ -80,18 +81,28 @@ def compute_ground_truth(
     num_workers: int = 0,
     device: str | torch.device = "cpu",
     progress: bool = True,
+    cache: bool = True,
 ) -> GroundTruth:
     """Streams over the dataset's masks and cached features, accumulating IoU.
 
     Memory stays bounded by one batch of upsampled maps, whatever the dataset size.
+    With ``cache`` the IoU counters are stored beside the feature cache and reused by
+    the next call with the same features, masks, thresholds and resolution
+    (see :mod:`lavise.iou`).
     """
     d = store.shape[0]
-    acc = IoUAccumulator(d, len(dataset.concepts), resolution=resolution, device=device)
-    thresholds = stats.thresholds.to(device)
-    stream = features_with_masks(store, dataset, batch_size=batch_size, num_workers=num_workers,
-                                 progress=progress, desc="ground truth (IoU)")
-    for _, feats, masks, cids in stream:
-        acc.update(feats.to(device), thresholds, [m.to(device) for m in masks], [c.to(device) for c in cids])
+    cacheable = cache and getattr(store, "path", None) is not None and hasattr(store, "meta")
+    key = iou_cache_key(store, dataset, stats.thresholds, stats.quantile, resolution) if cacheable else None
+    acc = load_cached_iou(store, key, d, len(dataset.concepts), resolution) if key else None
+    if acc is None:
+        acc = IoUAccumulator(d, len(dataset.concepts), resolution=resolution, device=device)
+        thresholds = stats.thresholds.to(device)
+        stream = features_with_masks(store, dataset, batch_size=batch_size, num_workers=num_workers,
+                                     progress=progress, desc="ground truth (IoU)")
+        for _, feats, masks, cids in stream:
+            acc.update(feats.to(device), thresholds, [m.to(device) for m in masks], [c.to(device) for c in cids])
+        if key:
+            save_cached_iou(store, key, acc)
     iou = acc.iou().cpu()
     gt_ids = acc.ground_truth(iou_threshold)
     per_filter = tuple(tuple(dataset.concepts[c] for c in ids) for ids in gt_ids)

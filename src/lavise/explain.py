@@ -310,9 +310,9 @@ def pooled_top_image_features(
     thresholds = stats.thresholds.to(device)
     batch_pos = torch.full((len(store),), -1, dtype=torch.long)
     col_of = torch.full((d,), -1, dtype=torch.long)
-    # The image method runs the model for each pooled pair: one image per batch keeps
-    # that to the pairs actually needed.
-    per_image = 1 if masking.needs_model else max(1, min(64, max_elements // max(1, u_count * d)))
+    # The image method runs the model for each pooled pair: its batches of images pool
+    # only the pairs actually needed, many images' pairs per forward pass.
+    per_image = 16 if masking.needs_model else max(1, min(64, max_elements // max(1, u_count * d)))
     bar = tqdm(total=len(rows), desc=f"pool {method}", unit="img", disable=not progress)
     for idx, feats in store.batches(batch_size=per_image, indices=rows):
         feats = feats.to(device)
@@ -325,13 +325,17 @@ def pooled_top_image_features(
             if images is None or extract is None:
                 raise ValueError("the image masking method needs the images and the model")
             imgs = images(idx.tolist()).to(device)
-            pooled = masking.pool_images(imgs, feats, need_t, thresholds, extract)
+            pairs = (batch_pos[pair_img[sel]], col_of[filt[pair_pos[sel]]])
+            vec = masking.pool_pairs(imgs, feats, need_t, thresholds, extract, pairs)
+            if pooling == "rescaled":
+                vec = rescale_pooled(vec, feats.mean((2, 3)).norm(dim=1)[pairs[0].to(device)])
+            out[pair_pos[sel], pair_slot[sel]] = vec.cpu()
         else:
             pooled = masking.pool(feats, need_t, thresholds)
-        if pooling == "rescaled":
-            pooled = rescale_pooled(pooled, feats.mean((2, 3)).norm(dim=1)[:, None])
-        pooled = pooled.cpu()
-        out[pair_pos[sel], pair_slot[sel]] = pooled[batch_pos[pair_img[sel]], col_of[filt[pair_pos[sel]]]]
+            if pooling == "rescaled":
+                pooled = rescale_pooled(pooled, feats.mean((2, 3)).norm(dim=1)[:, None])
+            pooled = pooled.cpu()
+            out[pair_pos[sel], pair_slot[sel]] = pooled[batch_pos[pair_img[sel]], col_of[filt[pair_pos[sel]]]]
         batch_pos[idx] = -1
         col_of[need] = -1
         bar.update(len(idx))

@@ -10,6 +10,10 @@ list: any change is a cache miss, never a stale hit. Extraction is resumable (a
 An entry is checked whenever it is opened (see :mod:`lavise._cache`): a damaged one
 is reported, removed and rebuilt. Two writers of one shard are serialised by a file
 lock; the shards of one entry are filled in parallel.
+
+Extraction reads only the pixels (:mod:`lavise.decode`: JPEGs at reduced size where the
+resize allows, or file bytes decoded on the GPU) and decodes the next batch while the
+model runs on the current one (DataLoader workers, or :func:`lavise.prefetch.prefetch`).
 """
 
 from __future__ import annotations
@@ -29,7 +33,9 @@ from tqdm.auto import tqdm
 
 from lavise import _cache
 from lavise._io import save_npy_atomic, write_json_atomic
+from lavise.decode import DecodedImages, EncodedImages, collate_images, decode_on_device
 from lavise.models import LayerExtractor, TargetModel
+from lavise.prefetch import prefetch
 
 logger = logging.getLogger(__name__)
 
@@ -58,6 +64,25 @@ def _image_list_digest(dataset: Any) -> str:
     for image_id, digest in zip(dataset.image_ids, hashes):
         h.update(f"{image_id}\t{digest}\n".encode())
     return h.hexdigest()
+
+
+_PRECISIONS = {"float32": None, "float16": torch.float16, "bfloat16": torch.bfloat16}
+
+
+def _resolve_decode(decode: str, device: torch.device) -> bool:
+    """True when images are decoded on ``device`` (``decode`` is auto, cpu or device)."""
+    if decode not in ("auto", "cpu", "device"):
+        raise ValueError(f"unknown decode {decode!r} (valid: auto, cpu, device)")
+    return decode == "device" or (decode == "auto" and device.type == "cuda")
+
+
+def _resolve_precision(precision: str, device: torch.device) -> torch.dtype | None:
+    """The autocast dtype of the forward pass, or None for float32."""
+    if precision == "auto":
+        return torch.float16 if device.type == "cuda" else None
+    if precision not in _PRECISIONS:
+        raise ValueError(f"unknown precision {precision!r} (valid: auto, {', '.join(_PRECISIONS)})")
+    return _PRECISIONS[precision]
 
 
 def feature_cache_key(model: TargetModel, layer: str, dataset: Any) -> str:
@@ -158,6 +183,8 @@ def extract_features(
     world_size: int = 1,
     progress: bool = True,
     flush_every: int = 20,
+    decode: str = "auto",
+    precision: str = "auto",
 ) -> FeatureStore:
     """Computes (or reuses) the cached features of ``layer`` for every image of ``dataset``.
 
@@ -173,6 +200,14 @@ def extract_features(
         world_size: Number of processes sharing the extraction.
         progress: Show a tqdm progress bar.
         flush_every: Batches between saves of the resume state.
+        decode: Where JPEGs are decoded: ``cpu`` (PIL, at reduced size where the
+            resize allows, see :mod:`lavise.decode`), ``device`` (file bytes decoded by
+            ``torchvision.io.decode_jpeg`` on the model's device) or ``auto``
+            (``device`` on CUDA, else ``cpu``). Decoding overlaps with the forward
+            pass: in DataLoader workers, or a background thread when ``num_workers=0``.
+        precision: Forward-pass precision: ``float32``, ``float16`` or ``bfloat16``
+            (autocast), or ``auto`` (``float16`` on CUDA, else ``float32``). Features
+            are stored as float16 either way.
 
     Returns:
         The store; complete once every shard has finished.
@@ -180,10 +215,11 @@ def extract_features(
     A damaged cache entry is reported as a warning and rebuilt. A second process
     filling the same shard waits for the first (file lock), then reuses its result.
     """
-    from lavise.datasets import collate
-
     if not 0 <= rank < world_size:
         raise ValueError(f"rank {rank} is not in [0, {world_size})")
+    device = torch.device(model.device)
+    on_device = _resolve_decode(decode, device)
+    amp = _resolve_precision(precision, device)
     extractor = LayerExtractor(model, layer, channels_last=channels_last)
     info = extractor.info
     root = Path(cache_dir) if cache_dir is not None else default_cache_dir()
@@ -216,19 +252,28 @@ def extract_features(
         write_json_atomic(failed_file, failed)
 
     if todo:
+        source = EncodedImages(dataset) if on_device else DecodedImages(dataset)
         loader = DataLoader(
-            Subset(dataset, todo), batch_size=batch_size, num_workers=num_workers,
-            collate_fn=collate, persistent_workers=False,
+            Subset(source, todo), batch_size=batch_size, num_workers=num_workers,
+            collate_fn=collate_images, persistent_workers=False,
+            pin_memory=device.type == "cuda", prefetch_factor=4 if num_workers else None,
         )
+        batches = loader if num_workers else prefetch(loader, depth=2)
         bar = tqdm(total=len(todo), desc=f"features {info.name}", unit="img", disable=not progress)
         try:
-            for step, batch in enumerate(loader, 1):
-                for item in batch["failed"]:
+            for step, batch in enumerate(batches, 1):
+                fails = list(batch["failed"])
+                images, rows = batch["images"], batch["index"]
+                if on_device:
+                    images, rows, more = decode_on_device(batch, dataset.preprocessing, device)
+                    fails += more
+                for item in fails:
                     failed[str(item["image_id"])] = str(item["error"])
                     done[int(item["index"])] = True
-                if batch["images"] is not None and len(batch["index"]):
-                    feats = extractor(batch["images"])
-                    rows = batch["index"].numpy()
+                if images is not None and len(rows):
+                    with torch.autocast(device.type, dtype=amp or torch.float32, enabled=amp is not None):
+                        feats = extractor(images.to(device, non_blocking=True))
+                    rows = rows.numpy()
                     out[rows] = feats.to("cpu", torch.float16).numpy()
                     done[rows] = True
                 bar.update(len(batch["index"]) + len(batch["failed"]))
@@ -252,6 +297,8 @@ def extract_features(
             "shape": list(shape),
             "ids": [str(i) for i in dataset.image_ids],
             "failed": all_failed,
+            "decode": "device" if on_device else "cpu",
+            "precision": str(amp or torch.float32).replace("torch.", ""),
             "complete": complete,
             "world_size": world_size,
             "checksums": checksums,
