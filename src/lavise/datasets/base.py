@@ -52,11 +52,13 @@ def register_dataset_format(
 def decode_image(path: str | Path) -> tv_tensors.Image:
     """Decodes an image file to a uint8 RGB ``tv_tensors.Image`` ``(3, H, W)``.
 
-    The one place where lavise decodes reference and target images (label PNGs are
-    read by :func:`read_label_png`, never through here).
+    Reference items decode here, feature extraction through :mod:`lavise.decode`
+    (reduced-size JPEGs); both use :func:`lavise.decode.decode_image`. Label PNGs are
+    read by :func:`read_label_png`, never through here.
     """
-    with Image.open(path) as pil:
-        rgb = pil.convert("RGB")
+    from lavise.decode import decode_image as decode_rgb
+
+    rgb, _ = decode_rgb(path)  # full size: masks are built at the annotated size
     return tv_tensors.Image(TF.pil_to_tensor(rgb))
 
 
