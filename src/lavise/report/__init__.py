@@ -1,0 +1,1 @@
+"""Everything a person looks at: figures and pages built from lavise results."""
