@@ -410,9 +410,56 @@ def cmd_demo(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_compare_groups(args: argparse.Namespace) -> int:
+    from lavise.compare_groups import compare_groups
+
+    config = _config_from(args)
+    result = compare_groups(
+        args.checkpoint, args.images, args.groups, split=args.split, captions=args.captions,
+        ignore_missing=args.ignore_missing, explanations=args.explanations, config=config, test=args.test,
+        alpha=args.alpha, min_group_size=args.min_group_size, examples=args.examples,
+        **({"explainer": args.explainer} if args.explainer else {}),
+    )
+    paths = result.save(args.out, top=args.top)
+    sizes = ", ".join(f"{g} {n}" for g, n in result.group_sizes.items())
+    left = "; ".join(f"{n} left out ({k})" for k, n in result.left_out.items() if n)
+    print(f"groups: {sizes}" + (f"; {left}" if left else ""))
+    n_f, n_w = len(result.significant()), len(result.significant(words=True))
+    print(f"{n_f} of {sum(len(c.filters) for c in result.contrasts)} filter tests and {n_w} word tests "
+          f"significant at q <= {result.alpha:g} (Benjamini-Hochberg)")
+    for c in result.contrasts:
+        for direction, name in ((1, c.group), (-1, c.other)):
+            if c.other == "rest" and direction == -1:
+                continue
+            top = c.ranked(direction, 5)
+            print(f"most tied to {name}: " + "; ".join(
+                f"#{f.filter} {f.words[0] if f.words else '?'} {f.difference:+.1%} (q={f.q_value:.2g})" for f in top))
+    print(f"wrote {', '.join(str(p) for p in paths)}")
+    return 0
+
+
+def cmd_compare_models(args: argparse.Namespace) -> int:
+    from lavise.compare_models import compare_models
+
+    names = [n.strip() for n in args.names.split(",")] if args.names else None
+    result = compare_models(args.explanations, names, top_k=args.top_k, min_count=args.min_count, strict=args.strict)
+    paths = result.save(args.out)
+    for w in result.warnings:
+        print(f"warning: {w}", file=sys.stderr)
+    u1 = result.unique("top1")
+    for m in result.models:
+        print(f"{m.name}: {m.interpretable}/{m.filters} filters with an agreed top-1 word; "
+              f"{len(m.concepts_top1)} concepts at top-1, {len(m.concepts_topk)} within top {result.top_k}; "
+              f"{len(u1[m.name])} unique at top-1")
+    print(f"shared by all: {len(result.shared('top1'))} at top-1, {len(result.shared('topk'))} within top {result.top_k}")
+    print(f"wrote {', '.join(str(p) for p in paths)}")
+    return 0
+
+
 COMMANDS = {"demo": cmd_demo, "layers": cmd_layers, "list": cmd_list, "train": cmd_train,
             "extract": cmd_extract, "explain": cmd_explain, "evaluate": cmd_evaluate,
-            "finetune": cmd_finetune}
+            "finetune": cmd_finetune, "compare-groups": cmd_compare_groups,
+            "compare-models": cmd_compare_models}
 
 
 def main(argv: Sequence[str] | None = None) -> int:
