@@ -80,3 +80,22 @@ def test_different_settings_warn_or_fail():
         compare_models([A, A], names=["a", "a"])
     with pytest.raises(ValueError, match="2 names for 3"):
         compare_models([A, B, B], names=["a", "b"])
+
+
+def test_cli_compare_models_and_one_line_errors(tmp_path, capsys):
+    from lavise.cli import main
+
+    for name, run in (("a", A), ("b", B)):
+        (tmp_path / name).mkdir()
+        (tmp_path / name / "explanations.json").write_text(run.to_json())
+    assert main(["compare-models", "--explanations", str(tmp_path / "a"), str(tmp_path / "b"),
+                 "--out", str(tmp_path / "out")]) == 0
+    out = capsys.readouterr().out
+    assert "a: 2/3 filters with an agreed top-1 word" in out and "shared by all: 1 at top-1" in out
+    assert (tmp_path / "out" / "models.png").is_file()
+    assert main(["compare-models", "--explanations", str(tmp_path / "a"), "--out", str(tmp_path / "o2")]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("lavise: error: comparing models needs at least two models") and err.count("\n") == 1
+    assert main(["compare-models", "--explanations", str(tmp_path / "nope"), str(tmp_path / "a"),
+                 "--out", str(tmp_path / "o3")]) == 2
+    assert "explanations not found" in capsys.readouterr().err
