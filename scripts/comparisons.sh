@@ -24,6 +24,7 @@ if [[ $WHAT == models || $WHAT == all ]]; then
   for spec in efficientnet-lite0 efficientnet-lite1 efficientnet-lite2 efficientnet-lite0:random-init; do
     model=${spec%%:*}; name=${spec/:/-}; weights=()
     [[ $spec == *random-init ]] && weights=(--weights random-init)
+    mkdir -p "$M"; mkdir "$M/$name.lock" 2>/dev/null || continue  # done or running elsewhere
     $LAVISE train --model "$model" "${weights[@]}" --explainer trained --reference "$REF" --split train2017 \
         --out "$M/$name/checkpoint" -q
     $LAVISE explain --checkpoint "$M/$name/checkpoint" "${weights[@]}" --images "$REF" --split val2017 \

@@ -61,13 +61,13 @@ def plot_group_comparison(result: "GroupComparison", path: str | Path, top: int 
             panels.append((c, rows))
     if not panels:
         panels = [(result.contrasts[0], [])]
-    n_rows = sum(max(len(r), 1) for _, r in panels) + len(panels)
+    n_rows = sum(max(len(r), 1) for _, r in panels) + len(panels) - 1
     fig = plt.figure(figsize=(3.2 + 1.6 * examples * 2, 0.75 * n_rows + 0.6))
     gs = GridSpec(n_rows, 2 * examples + 1, figure=fig, width_ratios=[1] * examples + [3.2] + [1] * examples,
                   wspace=0.05, hspace=0.15)
     r0 = 0
-    for c, rows in panels:
-        r0 += 1
+    for k, (c, rows) in enumerate(panels):
+        r0 += 1 if k else 0  # a spacer row between panels
         n = max(len(rows), 1)
         bar_ax = fig.add_subplot(gs[r0:r0 + n, examples])
         diffs = [f.difference * 100 for f in rows]
@@ -85,7 +85,7 @@ def plot_group_comparison(result: "GroupComparison", path: str | Path, top: int 
                         ha="left" if d > 0 else "right", fontsize=8)
         bar_ax.set_xlabel(f"qualified share: {c.group} minus {c.other} (percentage points)", fontsize=8)
         bar_ax.tick_params(labelsize=7)
-        bar_ax.set_title(f"{c.group} (left images)  vs  {c.other} (right images)", fontsize=9)
+        bar_ax.set_title(f"{c.group}  vs  {c.other}", fontsize=9)
         for i, f in enumerate(rows):
             row = r0 + (n - 1 - ys[i])
             for side, group in ((0, c.group), (1, c.other)):
@@ -94,6 +94,8 @@ def plot_group_comparison(result: "GroupComparison", path: str | Path, top: int 
                     col = j if side == 0 else examples + 1 + j
                     ax = fig.add_subplot(gs[row, col])
                     ax.axis("off")
+                    if i == 0 and j == 0:
+                        ax.set_title(f"{group}: qualified images", fontsize=8, loc="left")
                     img = _thumbnail(result.image_paths.get(names[j])) if j < len(names) else None
                     if img is not None:
                         ax.imshow(img)
