@@ -7,7 +7,9 @@ blocks, the head convolution, then the new linear classifier). The frozen prefix
 **once** per image and its output is cached in memory, so each epoch costs only the
 trainable stages: with ``train="head"`` the cache holds the pooled features and an epoch
 is a few matrix products. Images are resized and centre-cropped as the model expects
-(no augmentation, which is what makes the cache possible).
+(no augmentation, which is what makes the cache possible). The cache lives in memory,
+which suits the few thousand images fine-tuning is meant for; a run whose cache would
+pass 8 GiB is refused before it starts to fill it.
 
 The result is a safetensors weights file whose metadata carries the class names;
 ``load_model(name, weights=FILE)`` (and ``--weights FILE`` of ``train``/``explain``/
@@ -37,6 +39,8 @@ logger = logging.getLogger(__name__)
 __all__ = ["FinetuneEpoch", "FinetuneResult", "finetune", "parse_trainable", "split_stages", "INITS"]
 
 INITS = ("pretrained", "random")
+# The frozen prefix's outputs live in memory (fine-tuning is for thousands of images).
+_MAX_CACHE_BYTES = 8 * 2**30
 
 
 @dataclass(frozen=True)
@@ -449,6 +453,12 @@ def _cache_prefix(target: TargetModel, labels: LabelSet, frozen: Sequence[nn.Mod
                 out = (pool(out) if pool is not None else out).float().cpu()
             else:
                 out = batch.cpu()
+            if template is None:
+                need = out[0].numel() * out.element_size() * len(labels)
+                if need > _MAX_CACHE_BYTES:
+                    raise ValueError(
+                        f"the cached frozen layers of {len(labels)} images would take {need / 2**30:.1f} GiB "
+                        "of memory; train fewer stages (--train head or last:N with small N) or use fewer images")
             template = out[:1]
         # Unreadable images get a placeholder row so cache rows stay aligned with labels.
         it = iter(out)
