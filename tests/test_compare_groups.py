@@ -105,3 +105,11 @@ def test_thresholds_from_filter_stats_and_round_trip(tmp_path):
     md = result.to_markdown()
     assert "Filters most tied to first" in md and "| 0 |" in md
     assert result.to_csv().count("\n") == 1 + 6 + 1
+
+
+def test_a_subset_of_filters_keeps_its_filter_ids():
+    image_max, thr, groups = _synthetic(planted={3: 1})
+    cols = [3, 4, 5]
+    (c,) = contrast_groups(image_max[:, cols], thr[cols], groups, words=[["a"], ["b"], ["a"]], filter_ids=cols)
+    assert [f.filter for f in c.filters] == cols and c.ranked(1, 1)[0].filter == 3
+    assert next(w for w in c.words if w.words == ("a",)).filters == (3, 5)

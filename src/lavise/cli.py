@@ -418,6 +418,7 @@ def cmd_compare_groups(args: argparse.Namespace) -> int:
         args.checkpoint, args.images, args.groups, split=args.split, captions=args.captions,
         ignore_missing=args.ignore_missing, explanations=args.explanations, config=config, test=args.test,
         alpha=args.alpha, min_group_size=args.min_group_size, examples=args.examples,
+        filters=args.filters, allow=_read_words(args.allow), block=_read_words(args.block),
         **({"explainer": args.explainer} if args.explainer else {}),
     )
     paths = result.save(args.out, top=args.top)

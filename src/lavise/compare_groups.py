@@ -267,6 +267,7 @@ def contrast_groups(
     alpha: float = 0.05,
     min_group_size: int = 10,
     examples: int = 3,
+    filter_ids: Sequence[int] | None = None,
 ) -> tuple[GroupContrast, ...]:
     """Per-filter qualified shares of groups, their difference, p- and q-values.
 
@@ -280,6 +281,7 @@ def contrast_groups(
         alpha: Only used to check it is in (0, 1).
         min_group_size: Refuse groups smaller than this.
         examples: Most activated qualified images kept per group and filter.
+        filter_ids: The filter index of each column (default ``0..d-1``).
 
     Returns:
         Two groups: one contrast (the first group in sorted order against the second);
@@ -301,6 +303,9 @@ def contrast_groups(
     if words is not None and len(words) != d:
         raise ValueError(f"expected words for {d} filters, got {len(words)}")
     names = list(image_names) if image_names is not None else [str(i) for i in range(n)]
+    ids = list(filter_ids) if filter_ids is not None else list(range(d))
+    if len(ids) != d:
+        raise ValueError(f"expected {d} filter ids, got {len(ids)}")
     valid = torch.isfinite(image_max).all(1)
     labels = np.array([g if (g is not None and bool(valid[i])) else "" for i, g in enumerate(groups)], dtype=object)
     present = sorted({g for g in labels.tolist() if g})
@@ -317,7 +322,7 @@ def contrast_groups(
     word_filters: dict[str, list[int]] = {}
     for u, ws in enumerate(top_words):
         if ws:
-            word_filters.setdefault(ws[0], []).append(u)
+            word_filters.setdefault(ws[0], []).append(u)  # columns; reported as filter ids below
     word_list = sorted(word_filters)
     word_qualified = (np.stack([qualified[:, word_filters[w]].any(1) for w in word_list], 1)
                       if word_list else np.zeros((n, 0), bool))
@@ -335,7 +340,7 @@ def contrast_groups(
         in_g = labels == g
         in_o = (labels == other) if other != "rest" else ((labels != "") & ~in_g)
         filt = tuple(
-            FilterContrast(u, tuple(top_words[u]), *_row(cf, u), float(q_f[k * d + u]),
+            FilterContrast(ids[u], tuple(top_words[u]), *_row(cf, u), float(q_f[k * d + u]),
                            _examples(act[:, u], qualified[:, u], in_g, in_o, g, other, names, examples))
             for u in range(d))
         nw = len(word_list)
@@ -343,7 +348,7 @@ def contrast_groups(
             FilterContrast(-1, (w,), *_row(cw, j), float(q_w[k * nw + j]),
                            _examples(act[:, word_filters[w]].max(1), word_qualified[:, j], in_g, in_o, g, other,
                                      names, examples),
-                           tuple(word_filters[w]))
+                           tuple(ids[u] for u in word_filters[w]))
             for j, w in enumerate(word_list))
         out.append(GroupContrast(g, other, filt, wrd))
     return tuple(out)
@@ -391,6 +396,9 @@ def compare_groups(
     alpha: float = 0.05,
     min_group_size: int = 10,
     examples: int = 3,
+    filters: str | Sequence[int] | None = None,
+    allow: set[str] | None = None,
+    block: set[str] | None = None,
     **overrides: Any,
 ) -> GroupComparison:
     """Compares groups of images through the filters of a checkpoint's layer.
@@ -407,6 +415,8 @@ def compare_groups(
             images; default: explained now with ``config``.
         config: :class:`~lavise.config.Config` for features and explanations.
         test, alpha, min_group_size, examples: See :func:`contrast_groups`.
+        filters: Compare only these filters (indices or ``"0-99"``; q-values over them).
+        allow, block: Words explanations may (not) use, when explaining now.
 
     Raises:
         ValueError: See :func:`contrast_groups` and :func:`lavise.labels.load_labels`.
@@ -438,7 +448,7 @@ def compare_groups(
     if isinstance(explanations, (str, Path)):
         explanations = Explanations.from_dict(json.loads(Path(explanations).read_text()))
     if explanations is None:
-        explanations = explain(explainer, dataset, config=config)
+        explanations = explain(explainer, dataset, config=config, filters=filters, allow=allow, block=block)
     elif explanations.layer != explainer.layer or explanations.model != explainer.model.name:
         raise ValueError(f"the explanations are of {explanations.model} {explanations.layer}, "
                          f"the checkpoint's layer is {explainer.model.name} {explainer.layer}")
@@ -447,8 +457,12 @@ def compare_groups(
     for f in explanations.filters:
         words[f.filter] = f.labels
     names = [str(i) for i in dataset.image_ids]
-    contrasts = contrast_groups(stats.image_max, stats.thresholds, row_group, words=words, image_names=names,
-                                test=test, alpha=alpha, min_group_size=min_group_size, examples=examples)
+    from lavise.explain import parse_filters
+
+    cols = parse_filters(filters, d)
+    contrasts = contrast_groups(stats.image_max[:, cols], stats.thresholds[cols], row_group,
+                                words=[words[u] for u in cols], image_names=names, test=test, alpha=alpha,
+                                min_group_size=min_group_size, examples=examples, filter_ids=cols)
     used = {n for c in contrasts for f in (*c.filters, *c.words) for v in f.examples.values() for n in v}
     paths = {n: str(Path(p).resolve()) for n, p in zip(names, dataset.image_paths) if n in used}
     sizes = {g: sum(1 for r in row_group if r == g) for g in sorted({r for r in row_group if r})}
