@@ -62,9 +62,10 @@ def plot_group_comparison(result: "GroupComparison", path: str | Path, top: int 
     if not panels:
         panels = [(result.contrasts[0], [])]
     n_rows = sum(max(len(r), 1) for _, r in panels) + len(panels) - 1
-    fig = plt.figure(figsize=(3.2 + 1.6 * examples * 2, 0.75 * n_rows + 0.6))
+    height = 0.75 * n_rows + 0.9
+    fig = plt.figure(figsize=(3.2 + 1.6 * examples * 2, height))
     gs = GridSpec(n_rows, 2 * examples + 1, figure=fig, width_ratios=[1] * examples + [3.2] + [1] * examples,
-                  wspace=0.05, hspace=0.15)
+                  wspace=0.05, hspace=0.15, top=1 - 0.7 / height, bottom=0.5 / height)
     r0 = 0
     for k, (c, rows) in enumerate(panels):
         r0 += 1 if k else 0  # a spacer row between panels
