@@ -31,7 +31,7 @@ def test_inventory_counts_only_agreeing_words():
     assert inv.concepts_top1 == ("cat", "dog")
     assert inv.concepts_topk == ("cat", "dog", "grass")
     assert inv.filters == 3 and inv.interpretable == 2
-    assert inv.per_layer == {"layer4": {"filters": 3, "interpretable": 2, "top1": 2, "topk": 3}}
+    assert inv.per_layer == {"layer4": {"filters": 3, "interpretable": 2, "dead": 0, "top1": 2, "topk": 3}}
     assert concept_inventory("a", [A], min_count=1).concepts_top1 == ("cat", "dog", "sky")
 
 
@@ -51,13 +51,22 @@ def test_shared_and_unique_concepts_across_architectures(tmp_path):
     md = result.to_markdown()
     assert "shared by all 2 models: 1" in md and "Only b (top-1): 2" in md
     rows = result.to_csv().splitlines()
-    assert rows[2].startswith("a,a,all,3,2,2,3,1,1")
+    assert rows[2].startswith("a,a,all,3,0,2,2,3,1,1")
     paths = result.save(tmp_path / "out")
     assert json.loads(paths[0].read_text())["shared"]["top1"] == ["dog"]
     from PIL import Image
 
     with Image.open(paths[-1]) as im:
         assert im.size[0] > 300 and im.size[1] > 200
+
+
+def test_dead_filters_express_nothing():
+    dead = Explanations("r", "l", "activation", "trained", dict(SETTINGS), tuple(
+        FilterExplanation("l", u, (RankedWord("person", 5, 3.0),), (TopImage("1", 0.0),), 0.0) for u in range(4)))
+    result = compare_models([A, dead])
+    inv = result.models[1]
+    assert inv.dead == 4 and inv.interpretable == 0 and inv.concepts_top1 == ()
+    assert any("4 of 4 filters never fire" in w for w in result.warnings)
 
 
 def test_layers_merge_per_model_and_names_disambiguate():

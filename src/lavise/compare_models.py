@@ -45,6 +45,8 @@ class ModelInventory:
         layers: Layers explained.
         filters: Filters explained (all layers).
         interpretable: Filters whose top-1 word counts (enough top images agree).
+        dead: Filters that never fire (T_u <= 0: not even their upper activations are
+            positive); their "explanations" are the words of an empty map and never count.
         concepts_top1: Distinct counted top-1 words.
         concepts_topk: Distinct counted words within each filter's top k.
         word_filters: Word -> number of filters whose counted top-1 word it is.
@@ -60,10 +62,11 @@ class ModelInventory:
     concepts_topk: tuple[str, ...]
     word_filters: dict[str, int] = field(default_factory=dict)
     per_layer: dict[str, dict[str, int]] = field(default_factory=dict)
+    dead: int = 0
 
     def to_dict(self) -> dict:
         return {"name": self.name, "model": self.model, "layers": list(self.layers), "filters": self.filters,
-                "interpretable": self.interpretable, "concepts_top1": list(self.concepts_top1),
+                "interpretable": self.interpretable, "dead": self.dead, "concepts_top1": list(self.concepts_top1),
                 "concepts_topk": list(self.concepts_topk), "word_filters": self.word_filters,
                 "per_layer": self.per_layer}
 
@@ -76,29 +79,34 @@ def concept_inventory(name: str, runs: Sequence[Explanations], top_k: int = 3, m
     topk: set[str] = set()
     word_filters: Counter[str] = Counter()
     per_layer: dict[str, dict[str, int]] = {}
-    filters = interpretable = 0
+    filters = interpretable = dead = 0
     for run in runs:
         l1: set[str] = set()
         lk: set[str] = set()
-        l_interp = 0
+        l_interp = l_dead = 0
         for f in run.filters:
+            if f.threshold <= 0:
+                l_dead += 1
+                continue
             counted = [w.word for w in f.words[:top_k] if w.count >= min_count]
             lk.update(counted)
             if f.words and f.words[0].count >= min_count:
                 l1.add(f.words[0].word)
                 word_filters[f.words[0].word] += 1
                 l_interp += 1
-        prev = per_layer.get(run.layer, {"filters": 0, "interpretable": 0, "top1": 0, "topk": 0})
+        prev = per_layer.get(run.layer, {"filters": 0, "interpretable": 0, "dead": 0, "top1": 0, "topk": 0})
         per_layer[run.layer] = {"filters": prev["filters"] + len(run.filters),
                                 "interpretable": prev["interpretable"] + l_interp,
-                                "top1": len(l1), "topk": len(lk)}
+                                "dead": prev["dead"] + l_dead, "top1": len(l1), "topk": len(lk)}
         filters += len(run.filters)
         interpretable += l_interp
+        dead += l_dead
         top1 |= l1
         topk |= lk
     model = runs[0].model if runs else ""
     return ModelInventory(name, model, tuple(dict.fromkeys(r.layer for r in runs)), filters, interpretable,
-                          tuple(sorted(top1)), tuple(sorted(topk)), dict(word_filters.most_common()), per_layer)
+                          tuple(sorted(top1)), tuple(sorted(topk)), dict(word_filters.most_common()), per_layer,
+                          dead)
 
 
 @dataclass(frozen=True)
@@ -142,13 +150,14 @@ class ModelComparison:
         """One row per model and layer, then one per model over all its layers."""
         buf = io.StringIO()
         w = csv.writer(buf)
-        w.writerow(["name", "model", "layer", "filters", "interpretable", "concepts_top1", f"concepts_top{self.top_k}",
-                    "unique_top1", f"unique_top{self.top_k}"])
+        w.writerow(["name", "model", "layer", "filters", "dead", "interpretable", "concepts_top1",
+                    f"concepts_top{self.top_k}", "unique_top1", f"unique_top{self.top_k}"])
         u1, uk = self.unique("top1"), self.unique("topk")
         for m in self.models:
             for layer, c in m.per_layer.items():
-                w.writerow([m.name, m.model, layer, c["filters"], c["interpretable"], c["top1"], c["topk"], "", ""])
-            w.writerow([m.name, m.model, "all", m.filters, m.interpretable, len(m.concepts_top1),
+                w.writerow([m.name, m.model, layer, c["filters"], c["dead"], c["interpretable"], c["top1"], c["topk"],
+                            "", ""])
+            w.writerow([m.name, m.model, "all", m.filters, m.dead, m.interpretable, len(m.concepts_top1),
                         len(m.concepts_topk), len(u1[m.name]), len(uk[m.name])])
         return buf.getvalue()
 
@@ -163,14 +172,16 @@ class ModelComparison:
         if self.warnings:
             lines.append("")
         u1, uk = self.unique("top1"), self.unique("topk")
-        lines += [f"| model | layer | filters | interpretable | concepts (top-1) | concepts (top-{k}) | "
-                  f"unique (top-1) | unique (top-{k}) |", "|---|---|---:|---:|---:|---:|---:|---:|"]
+        lines += [f"| model | layer | filters | dead | interpretable | concepts (top-1) | concepts (top-{k}) | "
+                  f"unique (top-1) | unique (top-{k}) |", "|---|---|---:|---:|---:|---:|---:|---:|---:|"]
         for m in self.models:
-            for layer, c in m.per_layer.items():
-                lines.append(f"| {m.name} | {layer} | {c['filters']} | {c['interpretable']} | {c['top1']} | "
-                             f"{c['topk']} | | |")
-            lines.append(f"| **{m.name}** | all | {m.filters} | {m.interpretable} | {len(m.concepts_top1)} | "
-                         f"{len(m.concepts_topk)} | {len(u1[m.name])} | {len(uk[m.name])} |")
+            if len(m.per_layer) > 1:
+                for layer, c in m.per_layer.items():
+                    lines.append(f"| {m.name} | {layer} | {c['filters']} | {c['dead']} | {c['interpretable']} | "
+                                 f"{c['top1']} | {c['topk']} | | |")
+            layer = "all" if len(m.per_layer) > 1 else m.layers[0]
+            lines.append(f"| **{m.name}** | {layer} | {m.filters} | {m.dead} | {m.interpretable} | "
+                         f"{len(m.concepts_top1)} | {len(m.concepts_topk)} | {len(u1[m.name])} | {len(uk[m.name])} |")
         for level, title in (("top1", "top-1"), ("topk", f"within top {k}")):
             shared = self.shared(level)
             lines += ["", f"## Concepts ({title}) shared by all {len(self.models)} models: {len(shared)}", "",
@@ -270,6 +281,11 @@ def compare_models(
             logger.warning("%s; concept counts are not comparable", msg)
             warnings.append(msg)
     models = tuple(concept_inventory(n, rs, top_k, min_count) for n, rs in by_name.items())
+    for m in models:
+        if m.dead:
+            msg = f"{m.name}: {m.dead} of {m.filters} filters never fire (T_u <= 0) and express no concept"
+            logger.warning(msg)
+            warnings.append(msg)
     settings = {"runs": [{"name": n, "model": r.model, "layer": r.layer, "method": r.method,
                           "explainer": r.explainer, **r.settings} for n, r in zip(names, runs)]}
     return ModelComparison(models, top_k, min_count, tuple(warnings), settings)
