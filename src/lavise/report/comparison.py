@@ -134,7 +134,8 @@ def plot_model_comparison(result: "ModelComparison", path: str | Path) -> Path:
         ax.set_xticks(x)
         ax.set_xticklabels(names, rotation=20, ha="right", fontsize=8)
         ax.set_title("top-1 word" if level == "top1" else f"within top {result.top_k}", fontsize=9)
-        ax.legend(fontsize=7)
+        ax.set_ylim(0, max(total + [1]) * 1.4)
+        ax.legend(fontsize=7, loc="upper center", ncol=2, frameon=False)
     fig.suptitle(f"Concepts the filters express (a word counts when >= {result.min_count} "
                  "of a filter's top images agree)", fontsize=9)
     fig.tight_layout()
