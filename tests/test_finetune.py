@@ -129,3 +129,19 @@ def test_lite1_lite2_load_offline_and_agree_with_lite0(variant, lite0, sample_di
             assert int(top0) in top5.tolist()[0], f"{f.name}: {variant} disagrees with lite0"
     rnd = load_model(variant, "random-init")
     assert rnd.weights_id == f"{variant}:random-init" and rnd.weights_hash == load_model(variant, "random-init").weights_hash
+
+
+def test_cli_finetune_bad_input_is_one_line(tmp_path, capsys):
+    from lavise.cli import main
+
+    data = _coloured(tmp_path / "data", n_per=2)
+    csv = tmp_path / "labels.csv"
+    csv.write_text("ghost.png,sea\nblue00.png,sea\n")
+    rc = main(["finetune", "--labels", f"csv:{csv}", "--images", str(data), "--out", str(tmp_path / "w.safetensors")])
+    err = capsys.readouterr().err
+    assert rc == 2 and err.count("\n") == 1
+    assert err.startswith("lavise: error: 1 of 2 images named in the label file are not in the image set (ghost.png)")
+    rc = main(["finetune", "--labels", f"csv:{csv}", "--images", str(data), "--ignore-missing",
+               "--out", str(tmp_path / "w.safetensors")])
+    assert rc == 2 and "at least two classes" in capsys.readouterr().err
+    assert not (tmp_path / "w.safetensors").exists()
