@@ -91,3 +91,10 @@ def test_compare_groups_end_to_end_on_a_tiny_model(tmp_path):
     one.write_text("".join(f"{p.name},solo\n" for p in sorted(images.iterdir())[:4]))
     with pytest.raises(ValueError, match="at least two groups"):
         compare_groups(explainer, images, f"csv:{one}", config=config, min_group_size=2)
+    other = lavise.explain(explainer, str(images), config=config.replace(quantile=0.05))
+    with pytest.raises(ValueError, match="explanations were made at quantile 0.05"):
+        compare_groups(explainer, images, "captions:gender", config=config, min_group_size=5, explanations=other)
+    same = lavise.explain(explainer, str(images), config=config)
+    again = compare_groups(explainer, images, "captions:gender", config=config, min_group_size=5, examples=2,
+                           explanations=same)
+    assert again.contrasts == result.contrasts

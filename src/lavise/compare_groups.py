@@ -452,6 +452,14 @@ def compare_groups(
     elif explanations.layer != explainer.layer or explanations.model != explainer.model.name:
         raise ValueError(f"the explanations are of {explanations.model} {explanations.layer}, "
                          f"the checkpoint's layer is {explainer.model.name} {explainer.layer}")
+    else:
+        q, n_img = explanations.settings.get("quantile"), explanations.settings.get("images")
+        if q is not None and float(q) != stats.quantile:
+            raise ValueError(f"the explanations were made at quantile {q}, this comparison's T_u at "
+                             f"{stats.quantile:g}; pass --quantile {q} or explain again")
+        if n_img is not None and int(n_img) != len(store):
+            logger.warning("the explanations were made on %s images, the groups cover %d; their words "
+                           "come from another image set", n_img, len(store))
     d = stats.num_filters
     words: list[list[str]] = [[] for _ in range(d)]
     for f in explanations.filters:
