@@ -1,6 +1,8 @@
 #!/usr/bin/env bash
 # Real results of docs/results.md "Comparing groups and models" (issue 9), on the shared data.
 # Usage: scripts/comparisons.sh OUT_DIR [gender|models|all]   (CPU; run with nice)
+# Several copies may run at once: each model run takes a lock folder OUT/models/NAME.lock
+# (delete the locks to run them again).
 set -euo pipefail
 OUT=${1:?output folder}; WHAT=${2:-all}
 DATA=${LAVISE_DATA:-$(dirname "$0")/../../shared/data}

@@ -109,7 +109,7 @@ def match_names(wanted: Sequence[str], available: Sequence[str]) -> tuple[dict[s
     found: dict[str, int] = {}
     missing: list[str] = []
     for w in wanted:
-        pw = Path(w.strip()).as_posix().lstrip("./") if w.strip().startswith("./") else Path(w.strip()).as_posix()
+        pw = Path(w.strip()).as_posix()  # also drops a leading "./"
         if pw in path_keys:
             found[w] = path_keys[pw]
         elif pw in keys and pw not in ambiguous:
