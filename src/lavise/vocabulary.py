@@ -165,12 +165,13 @@ def load_vocabulary(
     words = list(dict.fromkeys(words))
     unknown = [w for w in words if w not in word_space]
     if unknown:
-        # The shipped list serves every word space, so its gaps are expected (info);
-        # the gaps of a user's own word list are worth a warning.
-        log = logger.info if spec in (None, "default") else logger.warning
-        log("%d of %d vocabulary words (%s) are not in word space %r and are skipped: %s",
-            len(unknown), len(words), label, word_space.name,
-            ", ".join(unknown[:50]) + (", ..." if len(unknown) > 50 else ""))
+        if spec in (None, "default"):  # the shipped list serves every word space: gaps are expected
+            logger.info("%d of %d words of the default vocabulary are not in word space %r",
+                        len(unknown), len(words), word_space.name)
+        else:
+            logger.warning("%d of %d vocabulary words (%s) are not in word space %r and are skipped: %s",
+                           len(unknown), len(words), label, word_space.name,
+                           ", ".join(unknown[:50]) + (", ..." if len(unknown) > 50 else ""))
     kept = [w for w in words if w in word_space]
     if not allow_offensive:
         kept, removed = remove_offensive(kept)
