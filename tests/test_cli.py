@@ -132,6 +132,20 @@ def test_explainer_kind_override_applies_to_a_checkpoint(resnet_checkpoint):
     assert resolve_explainer(root / "ckpt", config, kind="conse").kind == "conse"
 
 
+def test_explainer_flag_of_evaluate_and_explain_overrides_the_kind(capsys, resnet_checkpoint, shared_data):
+    """``--explainer KIND`` once collided with the API's first parameter (TypeError)."""
+    root, weights = resnet_checkpoint
+    common = ["--checkpoint", str(root / "ckpt"), "--weights", str(weights), "--explainer", "conse",
+              "--cache-dir", str(root / "cache"), "-q"]
+    code, _, err = run(capsys, "evaluate", *common, "--reference", f"coco-instances:{shared_data / 'coco-tiny'}",
+                       "--split", "val2017", "--methods", "activation", "--no-baselines", "--out", str(root / "ev"))
+    assert code == 0, err
+    assert json.loads((root / "ev" / "evaluation.json").read_text())["explainer"] == "conse"
+    code, _, err = run(capsys, "explain", *common, "--images", str(shared_data / "coco-tiny" / "val2017"),
+                       "--filters", "0-1", "--out", str(root / "ex"))
+    assert code == 0, err
+
+
 def test_train_flags_of_the_issue_11_levers_reach_the_config():
     from lavise.cli import _config_from, build_parser
 

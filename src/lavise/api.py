@@ -326,6 +326,7 @@ def explain(
     allow: set[str] | None = None,
     block: set[str] | None = None,
     weight_by_activation: bool = False,
+    kind: str | None = None,
     **overrides: Any,
 ) -> Explanations:
     """Explains the filters of the explainer's layer over target images (section 3.2).
@@ -341,9 +342,11 @@ def explain(
         allow: Only these words may be chosen.
         block: These words may not be chosen.
         weight_by_activation: Weight each top image's words by its activation.
+        kind: Explainer kind to use instead of the checkpoint's (``trained``, ``conse``,
+            ``trained+conse``).
     """
     config = with_overrides(config, overrides)
-    explainer = resolve_explainer(explainer, config, kind=overrides.get("explainer"))
+    explainer = resolve_explainer(explainer, config, kind=kind)
     dataset = open_dataset(images, split, explainer.model)
     if len(dataset) == 0:
         raise ValueError("no images to explain")

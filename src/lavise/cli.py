@@ -350,7 +350,7 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
             synonyms=args.synonyms, baselines=not args.no_baselines,
             train_reference=args.train_reference, train_split=args.train_split,
             permutations=args.permutations,
-            **({"explainer": args.explainer} if args.explainer else {}),
+            kind=args.explainer,
         )
         stem = "evaluation" if len(args.checkpoint) == 1 else f"evaluation-{report.layer}"
         report.save(args.out, stem)
@@ -446,7 +446,7 @@ def cmd_explain(args: argparse.Namespace) -> int:
         args.checkpoint, args.images, args.split, filters=args.filters, config=config,
         allow=_read_words(args.allow), block=_read_words(args.block),
         weight_by_activation=args.weight_by_activation,
-        **({"explainer": args.explainer} if args.explainer else {}),
+        kind=args.explainer,
     )
     js, cs = result.save(args.out)
     print(result.table(limit=args.show))

@@ -257,6 +257,7 @@ def evaluate(
     train_split: str | None = None,
     permutations: int = 1000,
     resolution: int | None = 112,
+    kind: str | None = None,
     **overrides: Any,
 ) -> EvaluationReport:
     """Scores each masking method's words against the reference data's masks.
@@ -276,13 +277,15 @@ def evaluate(
         train_split: Its split.
         permutations: Permutations of the specificity control.
         resolution: Side of the grid IoU is computed on (None: the mask resolution).
+        kind: Explainer kind to use instead of the checkpoint's (``trained``, ``conse``,
+            ``trained+conse``).
     """
     from lavise.api import features_of, filter_stats, open_dataset, resolve_explainer, with_overrides
     from lavise.vocabulary import load_vocabulary
 
     config = with_overrides(config, overrides)
     syn = WordNetSynonyms() if synonyms else None  # before any work: missing WordNet is a one-line error
-    explainer = resolve_explainer(explainer, config, kind=overrides.get("explainer"))
+    explainer = resolve_explainer(explainer, config, kind=kind)
     if explainer.split is None:
         raise ValueError("the checkpoint has no concept split (seen/unseen); retrain it with lavise train")
     if isinstance(methods, str):
