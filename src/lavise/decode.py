@@ -38,6 +38,7 @@ logger = logging.getLogger(__name__)
 
 __all__ = [
     "decode_image",
+    "split_batch",
     "DecodedImages",
     "EncodedImages",
     "collate_images",
@@ -145,6 +146,19 @@ class EncodedImages(_Images):
         return item
 
 
+def split_batch(batch: list[dict[str, Any]]) -> tuple[list[dict[str, Any]], list[dict[str, Any]], torch.Tensor | None]:
+    """The items of a batch that decoded, the failures (``{"index", "image_id", "error"}``)
+    and the decoded images stacked (None unless every kept item has one); shared by the
+    collate functions of extraction and of reference items."""
+    ok = [b for b in batch if b.get("error") is None]
+    failed = [{"index": b["index"], "image_id": b["image_id"], "error": b["error"]}
+              for b in batch if b.get("error") is not None]
+    images = None
+    if ok and all(b["image"] is not None for b in ok):
+        images = torch.stack([b["image"].as_subclass(torch.Tensor) for b in ok])
+    return ok, failed, images
+
+
 def collate_images(batch: list[dict[str, Any]]) -> dict[str, Any]:
     """Collates :class:`DecodedImages`/:class:`EncodedImages` items, dropping failures.
 
@@ -154,13 +168,8 @@ def collate_images(batch: list[dict[str, Any]]) -> dict[str, Any]:
         or None, ``data``: per item the file bytes or None, and ``failed``: list of
         ``{"index", "image_id", "error"}``.
     """
-    ok = [b for b in batch if b["error"] is None]
-    failed = [{"index": b["index"], "image_id": b["image_id"], "error": b["error"]}
-              for b in batch if b["error"] is not None]
+    ok, failed, images = split_batch(batch)
     decoded = [b["image"] for b in ok]
-    images = None
-    if ok and all(x is not None for x in decoded):
-        images = torch.stack([x.as_subclass(torch.Tensor) for x in decoded])
     return {
         "index": torch.tensor([b["index"] for b in ok], dtype=torch.long),
         "image_id": [b["image_id"] for b in ok],

@@ -382,15 +382,9 @@ def collate(batch: list[dict[str, Any]]) -> dict[str, Any]:
         ``masks`` and ``concept_ids`` lists, and ``failed``: list of
         ``{"index", "image_id", "error"}`` for dropped items.
     """
-    ok = [b for b in batch if b.get("error") is None]
-    failed = [
-        {"index": b["index"], "image_id": b["image_id"], "error": b["error"]}
-        for b in batch
-        if b.get("error") is not None
-    ]
-    images = None
-    if ok and all(b["image"] is not None for b in ok):
-        images = torch.stack([b["image"].as_subclass(torch.Tensor) for b in ok])
+    from lavise.decode import split_batch
+
+    ok, failed, images = split_batch(batch)
     return {
         "index": torch.tensor([b["index"] for b in ok], dtype=torch.long),
         "image_id": [b["image_id"] for b in ok],
