@@ -104,3 +104,23 @@ def test_cli_report_adds_the_groups_page_and_links_it(made, tmp_path, capsys):
     page = (tmp_path / "site" / "groups.html").read_text()
     assert 'href="filters/1.html"' in page and (tmp_path / "site" / "filters" / "1.html").is_file()
     assert html.escape(EVIL_GROUP, quote=False) in page
+
+
+def test_cli_compare_groups_writes_the_page_beside_its_outputs(made, tmp_path, capsys, monkeypatch):
+    import sys
+
+    cg = sys.modules["lavise.compare_groups"]  # the package re-exports a function of the same name
+
+    _, _, comparison = made
+    monkeypatch.setattr(cg, "compare_groups", lambda *a, **k: comparison)  # the statistics are tested elsewhere
+    out = tmp_path / "cmp"
+    code = main(["compare-groups", "--checkpoint", str(tmp_path), "--images", str(tmp_path), "--groups",
+                 "csv:x.csv", "--out", str(out), "--device", "cpu"])
+    assert code == 0
+    for name in ("groups.json", "groups.png", "groups.html"):
+        assert (out / name).is_file()
+    page = (out / "groups.html").read_text()
+    assert 'src="groups.png"' in page and "filters/" not in page  # no filter pages here: no links
+    code = main(["report", "--explanations", str(tmp_path), "--comparison", str(tmp_path / "none"),
+                 "--out", str(tmp_path / "site")])
+    assert code == 2
