@@ -157,6 +157,8 @@ def _add_report_parsers(sub: Any) -> None:
                         "or a folder of other explanations (default: netdissect)")
     p.add_argument("--rate-words", type=int, default=5, help="words shown per explanation on the rating page")
     p.add_argument("--seed", type=int, default=0, help="seeds the rating sample and order")
+    p.add_argument("--comparison", type=Path,
+                   help="folder of groups.json (lavise compare-groups --out): adds groups.html, linked from the index")
 
     p = sub.add_parser("figure", help="draw the paper's Figure 4 rows (top images + words) as PNG and SVG")
     p.add_argument("--explanations", type=Path, required=True)
@@ -189,6 +191,15 @@ def cmd_report(args: argparse.Namespace) -> int:
         page, key = write_rating_page(explanations, other, args.out, args.rate, seed=args.seed, words=args.rate_words)
         links = '<a href="rate.html">rating page</a>'
         print(f"rating page: {page.resolve()}\nunblinding key (keep it from the raters): {key.resolve()}")
+    if args.comparison:
+        from lavise.report.groups_page import load_comparison, write_groups_page
+
+        figure = args.comparison / "groups.png" if args.comparison.is_dir() else args.comparison.with_suffix(".png")
+        groups = write_groups_page(load_comparison(args.comparison), args.out,
+                                   figure=figure if figure.is_file() else None,
+                                   linked={f.filter for f in explanations.filters})
+        links += ' <a href="groups.html">group comparison</a>'
+        print(f"group comparison page: {groups.resolve()}")
     index = build_report(explanations, args.out, evaluation=evaluation, extra_links=links)
     print(f"report: {index.resolve()}")
     return 0
@@ -521,7 +532,11 @@ def cmd_compare_groups(args: argparse.Namespace) -> int:
         filters=args.filters, allow=_read_words(args.allow), block=_read_words(args.block),
         **({"explainer": args.explainer} if args.explainer else {}),
     )
+    from lavise.report.groups_page import write_groups_page
+
     paths = result.save(args.out, top=args.top)
+    paths.append(write_groups_page(result, args.out, figure=args.out / "groups.png", top=args.top,
+                                   examples=args.examples))
     sizes = ", ".join(f"{g} {n}" for g, n in result.group_sizes.items())
     left = "; ".join(f"{n} left out ({k})" for k, n in result.left_out.items() if n)
     print(f"groups: {sizes}" + (f"; {left}" if left else ""))

@@ -10,6 +10,7 @@ Layout of the output folder::
 
     index.html              every filter: ranked words, thumbnails, search and sort
     filters/<u>.html        one page per filter
+    groups.html             with a group comparison: see :mod:`lavise.report.groups_page`
     assets/                 report.css, report.js (and rate.js with a rating page)
     img/, thumb/            top images as the model saw them (page size, index thumbnails), once each
     lit/                    per filter, one overlay strip (a tile per top image): the region
