@@ -158,3 +158,14 @@ def test_train_flags_of_the_issue_11_levers_reach_the_config():
     assert (config.loss_negatives, config.margin, config.conse_weight, config.conse_top) == ("hardest", 0.5, 1.5, 3)
     with pytest.raises(SystemExit):
         build_parser().parse_args(["train", "--reference", "x", "--out", "y", "--augment", "rotate"])
+
+
+def test_output_cut_short_by_the_reader_is_not_an_error():
+    import subprocess
+    import sys
+
+    code = "import sys; from lavise.cli import main; sys.exit(main(['list', 'models']))"
+    proc = subprocess.Popen([sys.executable, "-c", code], stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    proc.stdout.close()  # like `| head -0`: the reader is gone before anything is written
+    err = proc.stderr.read().decode()
+    assert proc.wait(timeout=120) == 0 and "Traceback" not in err and "error" not in err, err

@@ -9,6 +9,7 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import logging
+import os
 import sys
 import time
 from pathlib import Path
@@ -597,6 +598,11 @@ def main(argv: Sequence[str] | None = None) -> int:
     handler = COMMANDS[args.command]
     try:
         return handler(args)
+    except BrokenPipeError:
+        # The reader went away (`lavise list models | head -1`): not an error. Point stdout
+        # at /dev/null so that flushing it at exit does not raise again.
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        return 0
     except (ValueError, OSError) as exc:
         # User errors, damaged files (CheckpointError, CacheDamaged: ValueErrors) and
         # file-system errors (missing, unwritable, disk full): one line, whole paths.
