@@ -446,7 +446,7 @@ def compare_groups(
     if outside:
         raise ValueError(f"{outside} labelled images are not in the image set {images}")
     if isinstance(explanations, (str, Path)):
-        explanations = Explanations.from_dict(json.loads(Path(explanations).read_text()))
+        explanations = Explanations.load(explanations)
     if explanations is None:
         explanations = explain(explainer, dataset, config=config, filters=filters, allow=allow, block=block)
     elif explanations.layer != explainer.layer or explanations.model != explainer.model.name:

@@ -26,7 +26,7 @@ from lavise.explain import Explanations
 
 logger = logging.getLogger(__name__)
 
-__all__ = ["ModelInventory", "ModelComparison", "concept_inventory", "compare_models", "load_explanations"]
+__all__ = ["ModelInventory", "ModelComparison", "concept_inventory", "compare_models"]
 
 # Settings that must agree for concept counts to be comparable.
 _MUST_AGREE = {"quantile": "thresholds (quantile)", "vocabulary_size": "vocabularies (size)",
@@ -209,19 +209,6 @@ def _words(words: Sequence[str], show: int) -> str:
     return ", ".join(words[:show]) + (f", ... ({len(words) - show} more)" if len(words) > show else "")
 
 
-def load_explanations(path: str | Path) -> Explanations:
-    """Reads ``explanations.json`` (or a folder holding one)."""
-    path = Path(path)
-    if path.is_dir():
-        path = path / "explanations.json"
-    if not path.is_file():
-        raise FileNotFoundError(f"explanations not found: {path}")
-    try:
-        return Explanations.from_dict(json.loads(path.read_text()))
-    except (json.JSONDecodeError, KeyError, TypeError) as exc:
-        raise ValueError(f"{path} is not a lavise explanations file ({type(exc).__name__}: {exc})") from None
-
-
 def compare_models(
     explanations: Sequence[Explanations | str | Path],
     names: Sequence[str] | None = None,
@@ -253,7 +240,7 @@ def compare_models(
             runs.append(e)
             sources.append(e.model)
         else:
-            runs.append(load_explanations(e))
+            runs.append(Explanations.load(e))
             p = Path(e)
             sources.append((p if p.is_dir() else p.parent).name)
     if names is not None:

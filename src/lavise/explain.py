@@ -232,6 +232,24 @@ class Explanations:
             lines.append(f"... {len(self.filters) - limit} more filters in the JSON/CSV output")
         return "\n".join(lines)
 
+    @classmethod
+    def load(cls, path: str | Path) -> "Explanations":
+        """Reads ``explanations.json``, or the folder :meth:`save` wrote it to.
+
+        Raises:
+            FileNotFoundError: There is no such file.
+            ValueError: The file is not a lavise explanations file.
+        """
+        path = Path(path)
+        if path.is_dir():
+            path = path / "explanations.json"
+        if not path.is_file():
+            raise FileNotFoundError(f"explanations not found: {path} (run lavise explain --out DIR)")
+        try:
+            return cls.from_dict(json.loads(path.read_text()))
+        except (json.JSONDecodeError, KeyError, TypeError) as exc:
+            raise ValueError(f"{path} is not a lavise explanations file ({type(exc).__name__}: {exc})") from None
+
     def save(self, directory: str | Path) -> tuple[Path, Path]:
         """Writes ``explanations.json`` and ``explanations.csv`` (atomically) to ``directory``."""
         directory = Path(directory)

@@ -93,15 +93,10 @@ def load_evaluation(path: str | Path, layer: str | None = None) -> dict[int, Fil
 
 
 def load_explanations(path: str | Path) -> Any:
-    """Explanations from ``explanations.json`` (or the folder holding it)."""
+    """Explanations from ``explanations.json`` (or the folder holding it): :meth:`Explanations.load`."""
     from lavise.explain import Explanations
 
-    path = Path(path)
-    if path.is_dir():
-        path = path / "explanations.json"
-    if not path.is_file():
-        raise FileNotFoundError(f"explanations not found: {path} (run lavise explain --out DIR)")
-    return Explanations.from_dict(json.loads(path.read_text()))
+    return Explanations.load(path)
 
 
 def word_hits(words: Sequence[str], concepts: Sequence[str]) -> set[str]:
