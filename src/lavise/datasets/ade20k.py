@@ -77,9 +77,7 @@ class Ade20kDataset(LabelMapDataset):
         preprocessing: Preprocessing | None = None,
         load_images: bool = True,
     ) -> None:
-        path = Path(path).expanduser()
-        if not path.is_dir():
-            raise FileNotFoundError(f"{self.name} folder does not exist: {path}")
+        path = self._existing_folder(path)
         if not (path / "images").is_dir() and (path / "ADEChallengeData2016").is_dir():
             path = path / "ADEChallengeData2016"
         images, labels = path / "images", path / "annotations"

@@ -199,11 +199,16 @@ class ReferenceDataset(Dataset):
     ) -> Path:
         """Shared set-up of the folder formats: returns ``path/split`` (or ``path``)."""
         path = Path(path).expanduser()
-        root = path / split if split else path
-        if not root.is_dir():
-            raise FileNotFoundError(f"{self.name} folder does not exist: {root}")
+        root = self._existing_folder(path / split if split else path)
         ReferenceDataset.__init__(self, path, split, preprocessing, load_images)
         return root
+
+    def _existing_folder(self, path: str | Path) -> Path:
+        """``path`` (user-expanded); FileNotFoundError naming the format if it is no folder."""
+        path = Path(path).expanduser()
+        if not path.is_dir():
+            raise FileNotFoundError(f"{self.name} folder does not exist: {path}")
+        return path
 
     # -- public API -----------------------------------------------------------------------
     @property

@@ -65,9 +65,7 @@ class BrodenDataset(ReferenceDataset):
         load_images: bool = True,
         categories: str | list[str] | None = None,
     ) -> None:
-        path = Path(path).expanduser()
-        if not path.is_dir():
-            raise FileNotFoundError(f"{self.name} folder does not exist: {path}")
+        path = self._existing_folder(path)
         super().__init__(path, split, preprocessing, load_images)
         index_file = path / "index.csv"
         rows = _read_csv(index_file, _FIXED_COLUMNS)

@@ -123,9 +123,7 @@ class SemanticFolderDataset(LabelMapDataset):
         image_suffix: str = "",
         label_suffix: str = "",
     ) -> None:
-        path = Path(path).expanduser()
-        if not path.is_dir():
-            raise FileNotFoundError(f"{self.name} folder does not exist: {path}")
+        path = self._existing_folder(path)
         super().__init__(path, split, preprocessing, load_images)
         image_dir, label_dir = (path / Path(images).expanduser(), path / Path(labels).expanduser())
         if split:

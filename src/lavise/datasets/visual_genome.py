@@ -38,9 +38,7 @@ class VisualGenomeDataset(ReferenceDataset):
         min_images: int = 1,
         images: str | Path | None = None,
     ) -> None:
-        path = Path(path).expanduser()
-        if not path.is_dir():
-            raise FileNotFoundError(f"{self.name} folder does not exist: {path}")
+        path = self._existing_folder(path)
         if isinstance(min_images, bool) or not isinstance(min_images, int) or min_images < 1:
             raise ValueError(f"min_images must be a positive integer, got {min_images!r}")
         super().__init__(path, split, preprocessing, load_images)

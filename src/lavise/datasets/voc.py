@@ -61,9 +61,7 @@ class VocDataset(LabelMapDataset):
         preprocessing: Preprocessing | None = None,
         load_images: bool = True,
     ) -> None:
-        path = Path(path).expanduser()
-        if not path.is_dir():
-            raise FileNotFoundError(f"{self.name} folder does not exist: {path}")
+        path = self._existing_folder(path)
         root = _voc_root(path)
         lists = root / "ImageSets" / "Segmentation"
         splits = sorted(p.stem for p in lists.glob("*.txt"))
