@@ -452,22 +452,20 @@ def score_method(
         raise ValueError(f"{method}: no filter has ground truth; nothing to score")
     recall = {k: recall_at_k(predicted_words, gts, k, synonyms) for k in ks}
     p1 = precision_at_1(predicted_words, gts, synonyms)
-    recall_unseen: dict[int, float] | None = None
-    n_unseen: int | None = None
-    if unseen is not None:
-        restricted = restrict_ground_truth(gts, unseen)
-        n_unseen = sum(1 for g in restricted if g)
-        if n_unseen:
-            recall_unseen = {k: recall_at_k(predicted_words, restricted, k, synonyms) for k in ks}
-        else:
-            logger.info("%s: no filter has an unseen ground-truth concept; no unseen recall", method)
-    recall_novel: dict[int, float] | None = None
-    n_novel: int | None = None
-    if novel is not None:
-        restricted = restrict_ground_truth(gts, novel)
-        n_novel = sum(1 for g in restricted if g)
-        if n_novel:
-            recall_novel = {k: recall_at_k(predicted_words, restricted, k, synonyms) for k in ks}
+
+    def restricted_recall(concepts: Iterable[str] | None, kind: str) -> tuple[dict[int, float] | None, int | None]:
+        """Recall@k against only the ground truth among ``concepts`` (unseen, novel)."""
+        if concepts is None:
+            return None, None
+        restricted = restrict_ground_truth(gts, concepts)
+        n = sum(1 for g in restricted if g)
+        if not n:
+            logger.info("%s: no filter has a %s ground-truth concept; no %s recall", method, kind, kind)
+            return None, n
+        return {k: recall_at_k(predicted_words, restricted, k, synonyms) for k in ks}, n
+
+    recall_unseen, n_unseen = restricted_recall(unseen, "unseen")
+    recall_novel, n_novel = restricted_recall(novel, "novel")
     return MethodScores(method, recall, recall_unseen, p1, n_gt, len(gts), n_unseen, synonyms is not None,
                         recall_novel, n_novel)
 
