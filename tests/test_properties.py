@@ -31,15 +31,23 @@ COLOURS = [(255, 0, 0), (0, 255, 0), (0, 0, 255)]  # one per category; backgroun
 
 @st.composite
 def scenes(draw):
-    """An image size and up to four non-overlapping boxes (one per quadrant), each with a category."""
+    """An image size and up to four non-overlapping boxes (one per quadrant), each with a category.
+
+    Boxes keep ``pad`` pixels from the quadrants' shared edges, so boxes of neighbouring
+    quadrants are at least one output pixel apart at any resize drawn below: a thinner
+    background gap between two objects of one category vanishes from the (nearest-
+    neighbour) mask but not from the (bilinear) image, which the test cannot tell from
+    a mask landing off its object.
+    """
     h, w = draw(st.integers(24, 72)), draw(st.integers(24, 72))
+    pad = math.ceil(min(h, w) / 16) + 1
     boxes = []
     for qy in range(2):
         for qx in range(2):
             if not draw(st.booleans()):
                 continue
-            y0, x0 = qy * (h // 2), qx * (w // 2)
-            hh, ww = h // 2, w // 2
+            hh, ww = h // 2 - pad, w // 2 - pad  # the quadrant without its pad
+            y0, x0 = qy * (h // 2 + pad), qx * (w // 2 + pad)
             bh, bw = draw(st.integers(4, hh)), draw(st.integers(4, ww))
             by, bx = y0 + draw(st.integers(0, hh - bh)), x0 + draw(st.integers(0, ww - bw))
             boxes.append((draw(st.integers(0, 2)), bx, by, bw, bh))
