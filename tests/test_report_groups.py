@@ -124,3 +124,13 @@ def test_cli_compare_groups_writes_the_page_beside_its_outputs(made, tmp_path, c
     code = main(["report", "--explanations", str(tmp_path), "--comparison", str(tmp_path / "none"),
                  "--out", str(tmp_path / "site")])
     assert code == 2
+
+
+def test_groups_page_links_home_only_inside_a_report(made, tmp_path):
+    """A page written on its own has no link to a report index that is not there."""
+    _, _, comparison = made
+    alone = write_groups_page(comparison, tmp_path / "alone", top=2, examples=1)
+    assert not (tmp_path / "alone" / "index.html").exists()
+    assert 'href="index.html"' not in alone.read_text()
+    inside = write_groups_page(comparison, tmp_path / "report", linked=[1], top=2, examples=1)
+    assert '<a class="home" href="index.html">' in inside.read_text()

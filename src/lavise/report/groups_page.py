@@ -127,7 +127,9 @@ def write_groups_page(
         thumb_size: Side of the thumbnails (pixels).
 
     Returns:
-        The path of ``groups.html``.
+        The path of ``groups.html``. Its header links to the report's ``index.html`` when
+        the page is part of a report (a filter is linked, or ``out/index.html`` exists);
+        a page written on its own has no such link.
     """
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
@@ -177,7 +179,7 @@ def write_groups_page(
                        len(renderer.missing))
     page = render_page(f"LaViSE groups: {comparison.model} {comparison.layer}",
                        f"{comparison.model} · {comparison.layer} · " + " vs ".join(comparison.group_sizes),
-                       "".join(parts))
+                       "".join(parts), in_report=bool(linked_set) or (out / "index.html").is_file())
     path = out / PAGE
     path.write_text(page, encoding="utf-8")
     return path

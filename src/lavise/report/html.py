@@ -56,14 +56,22 @@ def copy_assets(out: Path, names: Iterable[str]) -> None:
 
 
 def render_page(title: str, subtitle: str, body: str, *, root: str = "", scripts: Sequence[str] = (),
-                body_class: str = "") -> str:
-    """A full page from the packaged ``page.html`` template (``title``/``subtitle`` are escaped)."""
+                body_class: str = "", in_report: bool = True) -> str:
+    """A full page from the packaged ``page.html`` template (``title``/``subtitle`` are escaped).
+
+    Args:
+        root: Relative path from the page to the report's root folder.
+        in_report: The page belongs to a report whose ``index.html`` sits at ``root``: its
+            header links there. False for a page written on its own (no such link).
+    """
     from lavise import __version__
 
     tags = "\n".join(f'<script src="{root}assets/{esc(s)}"></script>' for s in scripts)
+    home = (f'<a class="home" href="{root}index.html">LaViSE report</a>' if in_report
+            else '<span class="home">LaViSE</span>')
     return string.Template(asset_text("page.html")).substitute(
         title=esc(title), subtitle=esc(subtitle), body=body, root=root, scripts=tags,
-        body_class=esc(body_class), version=esc(__version__),
+        body_class=esc(body_class), version=esc(__version__), home=home,
     )
 
 
