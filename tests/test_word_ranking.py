@@ -65,6 +65,12 @@ def test_cli_choices_come_from_the_registry():
         sub = parser._subparsers._group_actions[0].choices[command]
         action = next(a for a in sub._actions if a.dest == "ranking")
         assert list(action.choices) == list_word_rankings()
+    from lavise.cli import _config_from
+
+    args = parser.parse_args(["explain", "--checkpoint", "c", "--images", "i", "--out", "o", "--ranking", "hypernyms"])
+    assert _config_from(args).ranking == "hypernyms"
+    with pytest.raises(SystemExit):
+        parser.parse_args(["explain", "--checkpoint", "c", "--images", "i", "--out", "o", "--ranking", "nope"])
 
 
 def test_votes_never_say_the_unvoted_ancestor():

@@ -8,9 +8,11 @@ similarity, then by vocabulary order; the top x words explain the filter.
 
 A :class:`WordRanking` can add to these votes (issue 11): discounted votes for the
 WordNet ancestors of the voted words (``hypernyms``: dog + cat + bird -> animal),
-votes for the nearest words of the mean of the p image embeddings (``centroid``), and
-the removal of near-synonyms from the kept words (``dedupe``). Rankings are registered
-by name (:func:`list_word_rankings`); ``votes`` is the paper's rule.
+votes for the nearest words of the mean of the p image embeddings (``centroid``), the
+removal of near-synonyms from the kept words (``dedupe``), and smaller votes for an
+image's farther words (``decay``). Rankings are registered by name
+(:func:`list_word_rankings`); ``votes``, the paper's rule, is the default: none of the
+others beat it on the development protocol (``docs/results.md``, "Levers").
 
 Everything is vectorised: one chunked ``(U*P, e) x (e, V)`` matmul with ``topk``, and
 the counting is done with ``torch.unique`` / ``index_add`` over ``u * V + word`` keys.
@@ -120,7 +122,7 @@ def _register(ranking: WordRanking) -> None:
     WORD_RANKINGS.register(ranking.name)(ranking)
 
 
-# Settings measured on the development protocol (docs/results.md, "Word ranking"):
+# Settings measured on the development protocol (docs/results.md, "Levers"):
 # none beat ``votes``; they are options, not defaults.
 _register(WordRanking("votes"))
 _register(WordRanking("hypernyms", hypernyms=0.25, min_children=3, min_depth=6))
