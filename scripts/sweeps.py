@@ -18,9 +18,9 @@ Usage:
     python scripts/sweeps.py --role dev --only levers      # issue 11's ablation table
 
 The ``levers`` sweep computes the target's ground truth once per quantile and scores
-each variant (a training setting, a combination setting, a ranking rule, p, T_u's
-quantile) for the explainer kinds ``trained`` and ``trained+conse``, with recall on
-unseen concepts (held out of training) and on *novel* ones (annotated by no training
+each variant (a training setting, a combination setting, a ranking rule: activation
+weights and the registered word rankings of :mod:`lavise.words`, p, T_u's quantile)
+for the explainer kinds ``trained`` and ``trained+conse``, with recall on unseen concepts (held out of training) and on *novel* ones (annotated by no training
 reference: on the development protocol, COCO's stuff categories).
 """
 
@@ -89,7 +89,7 @@ class Bench:
             self._gt[key] = (store, stats, gt)
         return self._gt[key]
 
-    def score(self, label, exp, config, method="activation", weight_by_activation=False):
+    def score(self, label, exp, config, method="activation", weight_by_activation=False, ranking=None):
         from lavise.evaluate import known_concepts
         from lavise.explain import explain_filters
         from lavise.metrics import novel_concepts, score_method
@@ -103,7 +103,8 @@ class Bench:
                                               concepts=exp.split.concepts)
         res = explain_filters(exp, store, stats, self._voc[vkey], filters=filters, method=method,
                               top=min(config.top_images, len(store.valid_indices())), s=config.s, x=20,
-                              weight_by_activation=weight_by_activation, progress=False)
+                              weight_by_activation=weight_by_activation, progress=False,
+                              ranking=ranking or config.ranking)
         gts = [list(gt.per_filter[u]) for u in filters]
         concepts = set(c for g in gts for c in g)
         novel = novel_concepts(concepts, known_concepts(exp))
@@ -167,7 +168,15 @@ def levers(base, train_refs, exclude, target, split, only, shared: Path, kinds=(
                  only_kinds=("trained+conse",))
 
     def lever_ranking():
+        from lavise.words import get_word_ranking, list_word_rankings
+
         emit("word ranking", "activation-weighted votes", exp, base, weight_by_activation=True)
+        for name in list_word_rankings():
+            if name != base.ranking:
+                rule = get_word_ranking(name)
+                fields = {k: v for k, v in rule.to_dict().items() if k != "name" and v != getattr(type(rule)(), k)}
+                emit("word ranking", f"{name} ({', '.join(f'{k}={v}' for k, v in fields.items())})", exp, base,
+                     ranking=rule)
 
     def lever_p_quantile():
         for q, p in ((0.005, 10), (0.01, 5), (0.01, 10), (0.02, 5), (0.02, 10)):

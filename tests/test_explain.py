@@ -171,3 +171,14 @@ def test_worker_default_depends_on_the_device(monkeypatch):
     assert Config().workers() == min(8, os.cpu_count() or 1)
     with pytest.raises(ValueError):
         Config(num_workers=-1)
+
+
+def test_word_ranking_reaches_the_explanations_and_is_recorded(setup):
+    exp, folder, config = setup
+    plain = explain(exp, str(folder), config=config)
+    assert plain.settings["ranking"] == "votes"
+    deduped = explain(exp, str(folder), config=config.replace(ranking="dedupe"))
+    assert deduped.settings["ranking"] == "dedupe"
+    assert all(len(f.words) == 5 for f in deduped)
+    with pytest.raises(ValueError, match="unknown word ranking"):
+        explain(exp, str(folder), config=config, ranking="nope")

@@ -33,7 +33,7 @@ from lavise.preprocessing import Preprocessing
 from lavise.report import build_report
 from lavise.statistics import FilterStats, compute_filter_stats
 from lavise.vocabulary import list_vocabularies, load_vocabulary
-from lavise.words import RankedWord, select_words
+from lavise.words import RankedWord, WordRanking, list_word_rankings, select_words
 from lavise.wordspace import WordSpace, list_word_spaces, load_word_space
 from lavise.compare_groups import GroupComparison, compare_groups
 from lavise.compare_models import ModelComparison, compare_models
@@ -79,6 +79,8 @@ __all__ = [
     "load_vocabulary",
     "load_word_space",
     "select_words",
+    "WordRanking",
+    "list_word_rankings",
     "train",
     "wrap_model",
     # comparing groups and models, fine-tuning (paper 4.5.5, 4.6)

@@ -364,7 +364,7 @@ def explain(
     return explain_filters(
         explainer, store, stats, vocabulary, filters=filters, method=config.method,
         top=min(config.top_images, len(store.valid_indices())), s=config.s, x=config.x,
-        weight_by_activation=weight_by_activation, allow=allow, block=block,
+        weight_by_activation=weight_by_activation, ranking=config.ranking, allow=allow, block=block,
         images=image_loader, progress=config.progress, image_paths=list(dataset.image_paths),
     )
 

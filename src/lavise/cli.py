@@ -50,6 +50,7 @@ def _add_runtime(p: argparse.ArgumentParser) -> None:
 def _add_words(p: argparse.ArgumentParser) -> None:
     from lavise.explainer import EXPLAINER_KINDS
     from lavise.masking import list_masking_methods
+    from lavise.words import list_word_rankings
 
     p.add_argument("--vocabulary", help="default, glove, concepts, or a word-list file")
     p.add_argument("--vocabulary-size", type=int, help="keep the N most common vocabulary words")
@@ -60,6 +61,8 @@ def _add_words(p: argparse.ArgumentParser) -> None:
     p.add_argument("-p", "--top-images", type=int, dest="top_images", help="p, top-activated images per filter (default 5)")
     p.add_argument("-s", type=int, help="nearest words per image (default 3)")
     p.add_argument("-x", type=int, help="words kept per filter (default 10)")
+    p.add_argument("--ranking", choices=list_word_rankings(),
+                   help="how words are ranked across a filter's top images (default votes, the paper's rule)")
     p.add_argument("--quantile", type=float, help="fraction of activations above T_u (default 0.005)")
     p.add_argument("--filters", help="filters to explain, e.g. 0-99,120 (default: all)")
     p.add_argument("--explainer", choices=EXPLAINER_KINDS, help="override the checkpoint's explainer kind")
@@ -93,7 +96,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("-v", "--verbose", action="count", default=0)
 
     p = sub.add_parser("list", help="list the registered choices")
-    p.add_argument("what", choices=["models", "methods", "formats", "word-spaces", "vocabularies", "explainers"])
+    p.add_argument("what", choices=["models", "methods", "formats", "word-spaces", "vocabularies", "explainers",
+                                    "rankings"])
     p.add_argument("-v", "--verbose", action="count", default=0)
 
     p = sub.add_parser("train", help="train an explainer for one layer on annotated reference data")
@@ -322,6 +326,7 @@ def cmd_finetune(args: argparse.Namespace) -> int:
 
 def _add_evaluate_parser(sub: Any) -> None:
     from lavise.explainer import EXPLAINER_KINDS
+    from lavise.words import list_word_rankings
 
     p = sub.add_parser("evaluate", help="score explanations against segmentation masks (paper Table 2)")
     p.add_argument("--checkpoint", type=Path, nargs="+", required=True,
@@ -345,6 +350,8 @@ def _add_evaluate_parser(sub: Any) -> None:
     p.add_argument("-p", "--top-images", type=int, dest="top_images")
     p.add_argument("-s", type=int)
     p.add_argument("--quantile", type=float)
+    p.add_argument("--ranking", choices=list_word_rankings(),
+                   help="how words are ranked across a filter's top images (default votes)")
     p.add_argument("--weights", help="local weights of the checkpoint's model")
     p.add_argument("--out", type=Path, required=True)
     _add_runtime(p)
@@ -407,12 +414,13 @@ def cmd_list(args: argparse.Namespace) -> int:
     from lavise.masking import list_masking_methods
     from lavise.models import list_models
     from lavise.vocabulary import list_vocabularies
+    from lavise.words import list_word_rankings
     from lavise.wordspace import list_word_spaces
 
     choices = {
         "models": list_models, "methods": list_masking_methods, "formats": list_dataset_formats,
         "word-spaces": list_word_spaces, "vocabularies": list_vocabularies,
-        "explainers": lambda: list(EXPLAINER_KINDS),
+        "explainers": lambda: list(EXPLAINER_KINDS), "rankings": list_word_rankings,
     }
     print("\n".join(choices[args.what]()))
     return 0

@@ -52,6 +52,11 @@ class Config:
         top_images: Top-activated images per filter used to explain it.
         s: Nearest words per top image.
         x: Words kept per filter.
+        ranking: How words are ranked across a filter's top images: a registered
+            :class:`lavise.words.WordRanking` name (``votes``: the paper's rule, the
+            default; ``hypernyms``, ``hypernyms-after``, ``centroid``, ``dedupe``, ``decay``: issue 11's
+            levers, none of which won on the development protocol; see
+            :func:`lavise.list_word_rankings`).
         device: ``cpu``, ``cuda``, ``cuda:1``... or ``auto``.
         image_batch_size: Images per backbone forward pass.
         num_workers: DataLoader workers decoding images (None: 0 on the CPU, where
@@ -89,6 +94,7 @@ class Config:
     top_images: int = 5
     s: int = 3
     x: int = 10
+    ranking: str = "votes"
     device: str = "auto"
     image_batch_size: int = 8
     num_workers: int | None = None
@@ -132,6 +138,10 @@ class Config:
         bad = [v for v in self.augment if v not in AUGMENT_VIEWS]
         if bad:
             raise ValueError(f"unknown augmented view {bad[0]!r} (valid: {', '.join(AUGMENT_VIEWS)})")
+        from lavise.words import list_word_rankings
+
+        if self.ranking not in list_word_rankings():
+            raise ValueError(f"unknown word ranking {self.ranking!r} (valid: {', '.join(list_word_rankings())})")
         from lavise.masking import list_masking_methods
 
         if self.method not in list_masking_methods():

@@ -324,7 +324,7 @@ def evaluate(
             image_loader = _image_loader(dataset, explainer.model)
         result = explain_filters(
             explainer, store, stats, vocabulary, filters=filters, method=method, top=top,
-            s=config.s, x=x, images=image_loader, progress=config.progress, display=0,
+            s=config.s, x=x, ranking=config.ranking, images=image_loader, progress=config.progress, display=0,
         )
         predictions[method] = result.words()
     if baselines:

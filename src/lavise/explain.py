@@ -33,7 +33,7 @@ from lavise._io import write_text_atomic
 from lavise.explainer import Explainer, rescale_pooled
 from lavise.masking import get_masking_method
 from lavise.statistics import FilterStats
-from lavise.words import RankedWord, select_words
+from lavise.words import RankedWord, WordRanking, get_word_ranking, list_word_rankings, select_words
 from lavise.wordspace import WordSpace
 
 logger = logging.getLogger(__name__)
@@ -407,6 +407,12 @@ def top_image_maps(
     return rows, values, maps
 
 
+def _ranking_setting(rule: WordRanking) -> str | dict:
+    """A ranking as recorded in the settings: its registered name, or all its fields when unregistered."""
+    registered = rule.name in list_word_rankings() and get_word_ranking(rule.name) == rule
+    return rule.name if registered else rule.to_dict()
+
+
 def explain_filters(
     explainer: Explainer,
     store: Any,
@@ -419,6 +425,7 @@ def explain_filters(
     s: int = 5,
     x: int = 10,
     weight_by_activation: bool = False,
+    ranking: str | WordRanking = "votes",
     allow: set[str] | None = None,
     block: set[str] | None = None,
     images: Callable[[Sequence[int]], torch.Tensor] | None = None,
@@ -439,6 +446,8 @@ def explain_filters(
         s: Nearest words per image.
         x: Words kept per filter.
         weight_by_activation: Weight each image's words by its max activation.
+        ranking: How words are ranked across the top images (a registered
+            :class:`~lavise.words.WordRanking` name or one; ``votes``: the paper's rule).
         allow: Only these words may be chosen.
         block: These words may not be chosen.
         images: Normalised images by store row, for the ``image`` method.
@@ -459,6 +468,7 @@ def explain_filters(
         raise ValueError(f"s and x must be >= 1 (got s={s}, x={x})")
     if s > len(vocabulary):
         raise ValueError(f"s={s} exceeds the vocabulary size {len(vocabulary)}")
+    rule = get_word_ranking(ranking)  # before any work: an unknown name is a one-line error
     extract = None
     if get_masking_method(method).needs_model:
         from lavise.models import LayerExtractor
@@ -483,7 +493,7 @@ def explain_filters(
         fires = (top_val >= stats.thresholds[filters, None]) & (top_val > 0)
         weights = fires.float() if weights is None else weights * fires
         voted = fires
-    ranked = select_words(vectors, vocabulary, s=s, x=x, weights=weights, allow=allow, block=block)
+    ranked = select_words(vectors, vocabulary, s=s, x=x, weights=weights, allow=allow, block=block, ranking=rule)
     evidence: list[tuple[TopImage, ...]] = [()] * len(filters)
     if display > 0:
         if image_paths is not None and len(image_paths) != len(store):
@@ -517,6 +527,7 @@ def explain_filters(
         ))
     settings = {"p": top, "s": s, "x": x, "quantile": stats.quantile, "pooling": explainer.pooling,
                 "vocabulary_size": len(vocabulary), "weight_by_activation": weight_by_activation,
+                "ranking": _ranking_setting(rule),
                 "images": len(store), "word_space": explainer.word_space.name,
                 "display_images": max(display, top) if display > 0 else 0,
                 "preprocessing": _preprocessing_of(explainer)}
