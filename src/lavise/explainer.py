@@ -220,6 +220,23 @@ def masks_to_feature_grid(masks: torch.Tensor, size: tuple[int, int]) -> torch.T
     return F.interpolate(masks[None].float(), size=size, mode="area")[0]
 
 
+def _concat_chunks(chunks: list[tuple[torch.Tensor, ...]]) -> tuple[torch.Tensor, ...]:
+    """Concatenates a list of tensor tuples field by field, releasing each chunk once copied.
+
+    Empties ``chunks``; the peak is the result plus one chunk, not twice the result.
+    """
+    sizes = [len(c[0]) for c in chunks]
+    outs = tuple(torch.empty((sum(sizes),) + t.shape[1:], dtype=t.dtype) for t in chunks[0])
+    start = 0
+    for i, n in enumerate(sizes):
+        for out, t in zip(outs, chunks[i]):
+            out[start:start + n] = t
+        chunks[i] = ()
+        start += n
+    chunks.clear()
+    return outs
+
+
 def pool_concept_features(
     store: Any, dataset: Any, *, num_workers: int = 0, progress: bool = True, min_coverage: float = 0.0,
     pooling: str = "mean",
@@ -240,25 +257,33 @@ def pool_concept_features(
     from lavise.features import features_with_masks
 
     d, h, w = store.shape
-    pooled, names, images, cover = [], [], [], []
+    names: list[str] = []
+    # One (pooled, images, coverage) triple per batch, not per image: thousands of
+    # small tensors kept across batches fragment the heap (resident memory grew with
+    # the number of images, not with the pairs held).
+    chunks: list[tuple[torch.Tensor, torch.Tensor, torch.Tensor]] = []
     stream = features_with_masks(store, dataset, num_workers=num_workers, progress=progress,
                                  desc="pool concept masks")
     for rows, batch_feats, batch_masks, batch_ids in stream:
-        for row, feats, masks, cids in zip(rows.tolist(), batch_feats, batch_masks, batch_ids):
+        vecs, cover, counts = [], [], []
+        for feats, masks, cids in zip(batch_feats, batch_masks, batch_ids):
+            counts.append(len(cids))
             if len(cids) == 0:
                 continue
             feats = feats.reshape(d, h * w)
             grid = masks_to_feature_grid(masks, (h, w)).reshape(len(cids), h * w)
-            vecs = grid @ feats.T / (h * w)
+            pooled = grid @ feats.T / (h * w)
             if pooling == "rescaled":
-                vecs = rescale_pooled(vecs, feats.mean(1).norm())
-            pooled.append(vecs)
+                pooled = rescale_pooled(pooled, feats.mean(1).norm())
+            vecs.append(pooled)
             cover.append(grid.mean(1))
             names.extend(dataset.concepts[int(c)] for c in cids)
-            images.append(torch.full((len(cids),), row, dtype=torch.long))
-    if not pooled:
+        if vecs:
+            chunks.append((torch.cat(vecs), torch.repeat_interleave(rows, torch.tensor(counts)), torch.cat(cover)))
+    if not chunks:
         raise ValueError("the reference dataset has no concept masks")
-    out = ConceptFeatures(torch.cat(pooled), names, torch.cat(images), torch.cat(cover))
+    pooled, images, cover = _concat_chunks(chunks)
+    out = ConceptFeatures(pooled, names, images, cover)
     if min_coverage > 0:
         out = out.select(torch.nonzero(out.coverage >= min_coverage).flatten())
     return out
