@@ -207,10 +207,14 @@ class ConceptFeatures:
 
 
 def concat_features(parts: Sequence[ConceptFeatures]) -> ConceptFeatures:
-    """Pairs of several :class:`ConceptFeatures` as one (rows in order)."""
+    """Pairs of several :class:`ConceptFeatures` as one (rows in order); a single part's
+    tensors are shared, not copied."""
     parts = [p for p in parts if p is not None and len(p.concepts)]
     if not parts:
         raise ValueError("no pairs to concatenate")
+    if len(parts) == 1:  # no copy of the pooled vectors (4 GiB at COCO scale)
+        p = parts[0]
+        return ConceptFeatures(p.pooled, list(p.concepts), p.images, p.coverage)
     return ConceptFeatures(torch.cat([p.pooled for p in parts]), [c for p in parts for c in p.concepts],
                            torch.cat([p.images for p in parts]), torch.cat([p.coverage for p in parts]))
 
