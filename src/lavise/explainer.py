@@ -331,7 +331,7 @@ class _PooledRows:
     def __call__(self, idx: torch.Tensor, device: str | torch.device) -> torch.Tensor:
         if len(self.parts) == 1:
             return self.parts[0][idx].to(device, torch.float32)
-        out = torch.empty(len(idx), self.dim, dtype=torch.float32)
+        out = torch.empty(len(idx), self.dim, dtype=torch.float32, device=self.parts[0].device)
         part = torch.bucketize(idx, self.offsets[1:], right=True)
         for k, p in enumerate(self.parts):
             sel = part == k
