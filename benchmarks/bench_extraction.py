@@ -42,7 +42,7 @@ def main() -> None:
     dataset = open_dataset(args.folder, None, model)
     n = len(dataset)
     sample = torch.stack([torch.as_tensor(dataset[i]["image"]) for i in range(min(512, n))])
-    floor, cfg = bare_forward(model, sample, args.device)
+    floor, cfg = bare_forward(model, sample, args.device, [args.batch_size])
     print(f"{n} images; bare forward floor {floor:.0f} img/s ({cfg}) on {args.device}")
     for workers in args.workers:
         for decode in args.decode:

@@ -166,8 +166,10 @@ def run_one(args: argparse.Namespace, n: int) -> dict:
         shutil.rmtree(work, ignore_errors=True)
 
 
-def time_head(sample: int, epochs: int, d: int, concepts_file: Path | None, seed: int = 0) -> dict:
-    """Seconds per epoch of the explainer head on ``sample`` random pooled pairs."""
+def time_head(sample: int, epochs: int, d: int, concepts_file: Path | None, seed: int = 0,
+              dtype: str = "float32") -> dict:
+    """Seconds per epoch of the explainer head on ``sample`` random pooled pairs (stored
+    as ``dtype``), and the anonymous memory ``fit_head`` needs beyond the pairs."""
     from lavise.explainer import ConceptFeatures, fit_head, split_concepts
     from lavise.wordspace import load_word_space
 
@@ -178,18 +180,24 @@ def time_head(sample: int, epochs: int, d: int, concepts_file: Path | None, seed
              if w in space]
     split = split_concepts(names, 0.7, seed)
     gen = torch.Generator().manual_seed(seed)
-    pooled = torch.rand(sample, d, generator=gen)
+    pooled = torch.empty(sample, d, dtype=getattr(torch, dtype))
+    for start in range(0, sample, 65536):  # in slices: no float32 copy of every pair
+        pooled[start:start + 65536] = torch.rand(min(65536, sample - start), d, generator=gen)
     concepts = [names[i % len(names)] for i in range(sample)]
     pairs = ConceptFeatures(pooled, concepts, torch.arange(sample), torch.ones(sample))
     runs = []
-    for e in (1, 1 + epochs):  # the difference removes fit_head's fixed set-up cost
-        t, c = time.perf_counter(), time.process_time()
-        fit_head(pairs, None, split, space, epochs=e, progress=False)
-        runs.append((time.perf_counter() - t, time.process_time() - c))
+    base_kb = _rss_anon_kb()
+    with PeakMemory() as mem:
+        for e in (1, 1 + epochs):  # the difference removes fit_head's fixed set-up cost
+            t, c = time.perf_counter(), time.process_time()
+            fit_head(pairs, None, split, space, epochs=e, progress=False)
+            runs.append((time.perf_counter() - t, time.process_time() - c))
     per_epoch = (runs[1][0] - runs[0][0]) / epochs
     return {"sample_pairs": sample, "epochs_measured": epochs, "seconds_per_epoch": per_epoch,
             "cpu_seconds_per_epoch": (runs[1][1] - runs[0][1]) / epochs, "setup_seconds": runs[0][0] - per_epoch,
-            "seen_pairs_share": sum(c in split.seen for c in concepts) / sample}
+            "seen_pairs_share": sum(c in split.seen for c in concepts) / sample,
+            "dtype": dtype, "pairs_mib_per_1k": pooled.element_size() * d * 1000 / 2 ** 20,
+            "training_extra_mib": (mem.peak_kb - base_kb) / 1024}
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -208,6 +216,8 @@ def main(argv: list[str] | None = None) -> None:
     ap.add_argument("--head-sample", type=int, default=8_600)
     ap.add_argument("--head-epochs", type=int, default=1)
     ap.add_argument("--head-dim", type=int, default=1280)
+    ap.add_argument("--head-dtype", default="float32", choices=["float32", "float16"],
+                    help="storage of the pooled pairs the head trains on")
     ap.add_argument("--json", default=None, help="also write the results here")
     ap.add_argument("--run-one", type=int, default=None, help=argparse.SUPPRESS)
     args = ap.parse_args(argv)
@@ -230,8 +240,11 @@ def main(argv: list[str] | None = None) -> None:
         print(f"{n} images done", file=sys.stderr, flush=True)
     head = None
     if args.head_pairs:
-        head = time_head(min(args.head_sample, args.head_pairs), args.head_epochs, args.head_dim, None)
+        head = time_head(min(args.head_sample, args.head_pairs), args.head_epochs, args.head_dim, None,
+                         dtype=args.head_dtype)
         head["pairs"] = args.head_pairs
+        head["extrapolated_50_epochs_cpu_s"] = head["cpu_seconds_per_epoch"] * args.head_pairs / head["sample_pairs"] * 50
+        head["pairs_gib"] = head["pairs_mib_per_1k"] * args.head_pairs / 1000 / 1024
         head["extrapolated_50_epochs_s"] = head["seconds_per_epoch"] * args.head_pairs / head["sample_pairs"] * 50
 
     print(f"machine: {platform.processor() or platform.machine()}, {os.cpu_count()} cores, "
@@ -253,7 +266,11 @@ def main(argv: list[str] | None = None) -> None:
         print(f"head: {head['seconds_per_epoch']:.1f} s per epoch ({head['cpu_seconds_per_epoch']:.1f} s CPU) "
               f"on {head['sample_pairs']:,} pairs "
               f"({head['epochs_measured']} epoch(s) measured) -> 50 epochs on {head['pairs']:,} pairs: "
-              f"{head['extrapolated_50_epochs_s'] / 60:.1f} min (extrapolated, linear in pairs)")
+              f"{head['extrapolated_50_epochs_s'] / 60:.1f} min, "
+              f"{head['extrapolated_50_epochs_cpu_s'] / 60:.1f} min CPU (extrapolated, linear in pairs)")
+        print(f"head memory: the pairs ({head['dtype']}) {head['pairs_gib']:.2f} GiB at {head['pairs']:,} pairs; "
+              f"training needs {head['training_extra_mib']:.0f} MiB beyond them "
+              f"(measured at {head['sample_pairs']:,} pairs)")
     if args.json:
         Path(args.json).write_text(json.dumps({"sizes": rows, "head": head, "argv": sys.argv}, indent=2))
 

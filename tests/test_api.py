@@ -77,3 +77,29 @@ def test_train_with_augmented_views_and_caption_nouns(reference, tmp_path):
     before = sorted(p.name for p in (tmp_path / "c").rglob("*") if p.is_dir())
     lavise.train(tiny_model(), reference, config=config)
     assert sorted(p.name for p in (tmp_path / "c").rglob("*") if p.is_dir()) == before
+
+
+def test_image_masking_loader_reads_pixels_only_those_of_the_feature_cache(sample_dir, tmp_path, monkeypatch):
+    """The ``image`` method's loader decodes pixels only (never the dataset's items,
+    which build concept masks), with the decoder that filled the feature cache: the
+    unmasked images it returns give back the cached features."""
+    import torch
+
+    from lavise.api import _image_loader, features_of, open_dataset
+    from lavise.models import LayerExtractor
+
+    model = tiny_model()
+    ds = open_dataset(f"coco-panoptic:{sample_dir / 'coco-panoptic'}", "val2017", model)
+    config = lavise.Config(cache_dir=str(tmp_path / "c"), progress=False, device="cpu")
+    store = features_of(model, "features", ds, config)
+
+    def no_items(self, i):
+        raise AssertionError("the image loader built a dataset item (with its masks)")
+
+    monkeypatch.setattr(type(ds), "__getitem__", no_items)
+    rows = [0, 7, 3]
+    images = _image_loader(ds, model)(rows)
+    assert images.shape == (3, 3, 32, 32) and images.dtype == torch.float32
+    feats = LayerExtractor(model, "features").features(images)  # already normalised
+    cached = torch.from_numpy(store.array[rows].astype("float32"))
+    assert torch.allclose(feats, cached, atol=2e-3, rtol=2e-3)

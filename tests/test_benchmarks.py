@@ -45,11 +45,17 @@ def test_pipeline_benchmark_smoke(bench, sample_dir, tmp_path, capsys):
     import bench_pipeline
 
     root = _mini_panoptic(sample_dir / "coco-panoptic", tmp_path / "coco", {"val2017": 4, "train2017": 12})
-    rows = bench_pipeline.main(["--images", str(root), "--device", "cpu", "--batch-sizes", "4",
+    rows = bench_pipeline.main(["--images", str(root), "--device", "cpu", "--batch-sizes", "4", "--repeats", "2",
                                 "--image-filters", "0-3", "--epochs", "2", "--methods", "activation"])
     out = capsys.readouterr().out
     assert "bare forward floor" in out and "image masking speed-up" in out
     assert "IoU ground truth again (from its cache)" in dict(rows)
+    # The floor is the fastest of every bare configuration, the extraction's batch size
+    # included, each the minimum of interleaved repeats.
+    bare = out.split("bare configurations (min of 2 interleaved repeats, x floor): ")[1].splitlines()[0]
+    ratios = [float(part.rsplit(" ", 1)[1]) for part in bare.split("; ")]
+    assert min(ratios) == 1.0 and "batch 4" in bare and "channels-last" in bare and "NCHW" in bare
+    assert bench_pipeline.bare_configs("cpu", [4])[-1][1] == 16
     diff = float(out.split("largest difference of the pooled vectors: ")[1].split()[0])
     assert diff < 1e-3  # batched image masking gives the previous results
 

@@ -220,3 +220,147 @@ def test_vocabulary_negatives_push_the_head_away_from_other_words():
     assert ((out * truth).sum(1) > (out @ others.T).amax(1)).float().mean() > 0.9
     with pytest.raises(ValueError, match="negative_words"):
         fit_head(train, None, split, space, epochs=1, negatives="vocabulary", progress=False)
+
+
+def _pool_per_image(store, dataset, pooling):
+    """The previous pool_concept_features: three small tensors kept per image."""
+    from lavise.explainer import rescale_pooled
+    from lavise.features import features_with_masks
+
+    d, h, w = store.shape
+    pooled, names, images, cover = [], [], [], []
+    for rows, batch_feats, batch_masks, batch_ids in features_with_masks(store, dataset, progress=False):
+        for row, feats, masks, cids in zip(rows.tolist(), batch_feats, batch_masks, batch_ids):
+            if len(cids) == 0:
+                continue
+            feats = feats.reshape(d, h * w)
+            grid = masks_to_feature_grid(masks, (h, w)).reshape(len(cids), h * w)
+            vecs = grid @ feats.T / (h * w)
+            if pooling == "rescaled":
+                vecs = rescale_pooled(vecs, feats.mean(1).norm())
+            pooled.append(vecs)
+            cover.append(grid.mean(1))
+            names.extend(dataset.concepts[int(c)] for c in cids)
+            images.append(torch.full((len(cids),), row, dtype=torch.long))
+    return torch.cat(pooled), names, torch.cat(images), torch.cat(cover)
+
+
+@pytest.mark.parametrize("pooling", ["mean", "rescaled"])
+def test_pooling_per_batch_equals_the_per_image_loop_on_real_masks(sample_dir, tmp_path, pooling):
+    """Rows are collected per batch (resident memory stays flat with the number of
+    images); the pairs are the same, bit for bit, as the per-image loop's, on the
+    bundled COCO panoptic images (50 images: 4 batches of 16, several masks each)."""
+    from lavise.datasets import load_dataset
+    from lavise.explainer import pool_concept_features
+    from lavise.features import extract_features
+
+    model = tiny_model()
+    ds = load_dataset(f"coco-panoptic:{sample_dir / 'coco-panoptic'}", "val2017", preprocessing=model.preprocessing)
+    store = extract_features(model, "features", ds, tmp_path / "cache", progress=False)
+    new = pool_concept_features(store, ds, progress=False, pooling=pooling)
+    pooled, names, images, cover = _pool_per_image(store, ds, pooling)
+    assert len(names) > 4 * len(ds) and len(set(images.tolist())) == len(ds)
+    assert new.concepts == names
+    assert torch.equal(new.pooled, pooled) and new.pooled.dtype == torch.float32
+    assert torch.equal(new.images, images) and new.images.dtype == torch.long
+    assert torch.equal(new.coverage, cover)
+    some = pool_concept_features(store, ds, progress=False, pooling=pooling, min_coverage=0.1)
+    keep = cover >= 0.1
+    assert 0 < len(some.concepts) < len(names) and torch.equal(some.pooled, pooled[keep])
+
+
+def _fit_head_reference(train, split, word_space, *, epochs, lr, batch_size=64, negatives="all",
+                        image_level=None, negative_words=None, seed=0):
+    """The previous fit_head's training loop: a float32 copy of the seen rows, the
+    per-tensor Adam loop (held-out metrics left out: they do not touch the weights)."""
+    from lavise.explainer import VOCABULARY_NEGATIVES, concat_features
+
+    gen = torch.Generator().manual_seed(seed)
+    torch.manual_seed(seed)
+    all_vecs, kept, _ = word_space.concept_matrix(list(split.concepts))
+    index = {c: i for i, c in enumerate(kept)}
+    seen_names = [c for c in split.seen if c in index]
+    seen_list = [all_vecs[index[c]] for c in seen_names]
+    if image_level is not None:
+        extra = sorted(set(image_level.concepts) - set(seen_names))
+        extra_vecs, extra_kept, _ = word_space.concept_matrix(extra)
+        seen_names += list(extra_kept)
+        seen_list += list(extra_vecs)
+        train = concat_features([train, image_level])
+    seen_pos = {c: j for j, c in enumerate(seen_names)}
+    seen_vecs = torch.stack(seen_list)
+    rows = [i for i, c in enumerate(train.concepts) if c in seen_pos]
+    x = train.pooled[rows].float()
+    y = torch.tensor([seen_pos[train.concepts[i]] for i in rows])
+    also = None
+    if image_level is not None:
+        whole = train.coverage[rows] >= 1.0 - 1e-6
+        img = train.images[rows]
+        groups: dict[int, set[int]] = {}
+        for r, w, t in zip(img.tolist(), whole.tolist(), y.tolist()):
+            if w:
+                groups.setdefault(r, set()).add(t)
+        also = torch.zeros(len(rows), len(seen_names), dtype=torch.bool)
+        for j, (r, w) in enumerate(zip(img.tolist(), whole.tolist())):
+            if w and len(groups.get(r, ())) > 1:
+                also[j, list(groups[r])] = True
+    vocab_neg = F.normalize(negative_words.float(), dim=1) if negatives == "vocabulary" else None
+    head = ExplainerHead(x.shape[1], word_space.dim)
+    opt = torch.optim.Adam(head.parameters(), lr=lr, foreach=False)
+    losses = []
+    for _ in range(epochs):
+        head.train()
+        perm = torch.randperm(len(x), generator=gen)
+        total = 0.0
+        for start in range(0, len(x), batch_size):
+            b = perm[start:start + batch_size]
+            if len(b) < 2:
+                continue
+            cands, also_b = seen_vecs, None if also is None else also[b]
+            if vocab_neg is not None:
+                pick = torch.randperm(len(vocab_neg), generator=gen)[:VOCABULARY_NEGATIVES]
+                cands = torch.cat([seen_vecs, vocab_neg[pick]])
+                if also_b is not None:
+                    also_b = F.pad(also_b, (0, len(pick)))
+            loss = hinge_rank_loss(head(x[b]), y[b], cands, 1.0,
+                                   negatives="hardest" if negatives == "hardest" else "all", also_positive=also_b)
+            opt.zero_grad()
+            loss.backward()
+            opt.step()
+            total += loss.item() * len(b)
+        losses.append(total / len(x))
+    return head.eval(), losses
+
+
+@pytest.mark.parametrize("negatives,weak", [("all", False), ("hardest", False), ("vocabulary", True)])
+def test_fit_head_trains_the_same_head_as_before_for_a_fixed_seed(negatives, weak):
+    """Minibatches gathered from the caller's tensors (no float32 copy of every pair)
+    and the foreach Adam give bit-identical weights and losses to the previous loop;
+    float16 storage trains exactly as its float32 values do."""
+    space = toy_space()
+    pairs = _synthetic_pairs(space, n=330)
+    split = split_concepts(WORDS[:6], 0.7, seed=1)
+    kw = dict(epochs=3, lr=3e-3, batch_size=16, negatives=negatives)
+    if weak:
+        # Two whole-image words per image: each is not a negative of the other.
+        rows = torch.arange(40)
+        kw["image_level"] = ConceptFeatures(pairs.pooled[rows % 20], [WORDS[6 + int(r) % 2] for r in rows],
+                                            rows // 2 + 1000, torch.ones(40))
+    if negatives == "vocabulary":
+        kw["negative_words"] = torch.randn(300, 8, generator=torch.Generator().manual_seed(2))
+    head, history = fit_head(pairs, None, split, space, progress=False, **kw)
+    ref, losses = _fit_head_reference(pairs, split, space, **kw)
+    assert [m.loss for m in history] == losses
+    for k, v in ref.state_dict().items():
+        assert torch.equal(head.state_dict()[k], v), k
+    half = ConceptFeatures(pairs.pooled.half(), pairs.concepts, pairs.images, pairs.coverage)
+    if weak:
+        w = kw["image_level"]
+        kw["image_level"] = ConceptFeatures(w.pooled.half(), w.concepts, w.images, w.coverage)
+    head16, _ = fit_head(half, None, split, space, progress=False, **kw)
+    exact = ConceptFeatures(half.pooled.float(), pairs.concepts, pairs.images, pairs.coverage)
+    if weak:
+        kw["image_level"] = ConceptFeatures(w.pooled.half().float(), w.concepts, w.images, w.coverage)
+    head32, _ = fit_head(exact, None, split, space, progress=False, **kw)
+    for k, v in head32.state_dict().items():
+        assert torch.equal(head16.state_dict()[k], v), k

@@ -209,12 +209,17 @@ def test_batched_image_masking_equals_the_per_filter_path_and_skips_known_passes
         calls.append(len(x))
         return extract(x)
 
-    for chunk in (1, 3, 64):
+    threads = torch.get_num_threads()
+    for chunk, workers in ((1, 1), (3, 1), (64, 1), (1, 2), (3, 3)):
         calls.clear()
-        got = m.pool_pairs(images, feats, filters, t, counting, (pair_b, pair_u), chunk_size=chunk)
+        got = m.pool_pairs(images, feats, filters, t, counting, (pair_b, pair_u), chunk_size=chunk,
+                           workers=workers)
         torch.testing.assert_close(got, want, rtol=1e-5, atol=1e-6)
         # 12 pairs - 2 empty (run once, as one zero image) - 1 repeat (filters 3 and 4 on image 2)
         assert sum(calls) == 12 - 2 + 1 - 1
+        assert torch.get_num_threads() == threads
+    with pytest.raises(ValueError, match="workers"):
+        m.pool_pairs(images, feats, filters, t, extract, (pair_b, pair_u), workers=0)
     with pytest.raises(ValueError, match="pairs"):
         m.pool_pairs(images, feats, filters, t, extract, (pair_b, pair_u[:-1]))
 
@@ -242,3 +247,38 @@ def test_explain_pools_image_pairs_like_a_per_filter_per_image_loop(pooling):
             if pooling == "rescaled":
                 ref = rescale_pooled(ref, feats[img].mean((1, 2)).norm())
             torch.testing.assert_close(out[pos, slot], ref, rtol=1e-5, atol=1e-6)
+
+
+def test_image_masking_passes_in_threads_give_the_one_thread_results_with_the_layer_extractor():
+    """Independent forward passes in worker threads (one intra-op thread each) through
+    LayerExtractor: each thread's hook captures its own pass, and the pooled vectors
+    are exactly those of the passes run one by one with one thread."""
+    import threading
+
+    from lavise.models import LayerExtractor
+    from tiny import tiny_model
+
+    model = tiny_model()
+    extract = LayerExtractor(model, "features").features
+    g = torch.Generator().manual_seed(5)
+    images = torch.randn(6, 3, 32, 32, generator=g)
+    feats = extract(images)
+    t = feats.flatten(2).transpose(0, 1).reshape(feats.shape[1], -1).quantile(0.7, dim=1)
+    pairs = (torch.arange(6).repeat_interleave(6), torch.arange(6).repeat(6))
+    m = get_masking_method("image")
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        one = m.pool_pairs(images, feats, torch.arange(6), t, extract, pairs, workers=1)
+    finally:
+        torch.set_num_threads(threads)
+    seen = set()
+
+    def tracking(x):
+        seen.add(threading.get_ident())
+        return extract(x)
+
+    many = m.pool_pairs(images, feats, torch.arange(6), t, tracking, pairs, workers=3)
+    assert torch.equal(many, one)
+    assert seen - {threading.get_ident()}  # the passes ran in the worker threads
+    assert torch.get_num_threads() == threads

@@ -124,3 +124,38 @@ def test_wrapped_module_defaults():
     assert model.default_layer == "features"
     assert model.layer().channels == 6
     assert model.classifier_for("features") is not None
+
+
+def test_feature_hooks_of_two_threads_capture_their_own_passes():
+    """Two threads run the same network at the same time, each with its own hook on the
+    same layer (both hooks are registered while both passes run): each captures the
+    output of its own pass only."""
+    import threading
+
+    from torch import nn
+
+    barrier = threading.Barrier(2, timeout=10)
+
+    class Meet(nn.Module):
+        def forward(self, x):
+            barrier.wait()  # both passes are inside the network, both hooks registered
+            return x * 2
+
+    net = nn.Sequential(nn.Identity(), Meet(), nn.Identity())
+    inputs = {0: torch.zeros(1, 3), 1: torch.ones(1, 3)}
+    got, errors = {}, []
+
+    def run(k):
+        try:
+            with FeatureHook(net, "1", stop=True) as hook:
+                got[k] = hook.run(inputs[k])
+        except Exception as exc:  # noqa: BLE001 -- reported by the assertion below
+            errors.append(exc)
+
+    threads = [threading.Thread(target=run, args=(k,)) for k in (0, 1)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert not errors
+    assert torch.equal(got[0], inputs[0] * 2) and torch.equal(got[1], inputs[1] * 2)

@@ -378,9 +378,22 @@ def resolve_explainer(explainer: Explainer | str | Path, config: Config, kind: s
 
 
 def _image_loader(dataset: Any, model: TargetModel):
+    """Normalised images of dataset rows for the ``image`` masking method.
+
+    Pixels only (:class:`lavise.decode.DecodedImages`, the decoder that filled the
+    feature cache on the CPU): the dataset's items would also build every image's
+    concept masks.
+    """
+    from lavise.decode import DecodedImages
+
+    pixels = DecodedImages(dataset)
+
     def load(rows: Sequence[int]) -> torch.Tensor:
-        imgs = [dataset[int(r)]["image"] for r in rows]
-        return model.preprocessing.normalise(torch.stack([torch.as_tensor(i) for i in imgs]))
+        items = [pixels[int(r)] for r in rows]
+        bad = [it["error"] for it in items if it["error"] is not None]
+        if bad:
+            raise ValueError(f"cannot read an image for image masking: {bad[0]}")
+        return model.preprocessing.normalise(torch.stack([it["image"].as_subclass(torch.Tensor) for it in items]))
     return load
 
 

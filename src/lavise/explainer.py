@@ -187,7 +187,9 @@ class ConceptFeatures:
     """Pooled masked features of every (image, concept) pair of a reference dataset.
 
     Attributes:
-        pooled: (P, d) float32, ``mean_xy(F * M_j)`` with ``M_j`` resized by area.
+        pooled: (P, d) ``mean_xy(F * M_j)`` with ``M_j`` resized by area; float32 from
+            :func:`pool_concept_features` (:func:`fit_head` also takes float16, e.g. to
+            halve the memory of COCO's 860K pairs).
         concepts: (P,) concept name per row.
         images: (P,) feature-store row of the image.
         coverage: (P,) fraction of the feature map the mask covers.
@@ -205,10 +207,14 @@ class ConceptFeatures:
 
 
 def concat_features(parts: Sequence[ConceptFeatures]) -> ConceptFeatures:
-    """Pairs of several :class:`ConceptFeatures` as one (rows in order)."""
+    """Pairs of several :class:`ConceptFeatures` as one (rows in order); a single part's
+    tensors are shared, not copied."""
     parts = [p for p in parts if p is not None and len(p.concepts)]
     if not parts:
         raise ValueError("no pairs to concatenate")
+    if len(parts) == 1:  # no copy of the pooled vectors (4 GiB at COCO scale)
+        p = parts[0]
+        return ConceptFeatures(p.pooled, list(p.concepts), p.images, p.coverage)
     return ConceptFeatures(torch.cat([p.pooled for p in parts]), [c for p in parts for c in p.concepts],
                            torch.cat([p.images for p in parts]), torch.cat([p.coverage for p in parts]))
 
@@ -218,6 +224,23 @@ def masks_to_feature_grid(masks: torch.Tensor, size: tuple[int, int]) -> torch.T
     if masks.numel() == 0:
         return masks.new_zeros((masks.shape[0],) + size, dtype=torch.float32)
     return F.interpolate(masks[None].float(), size=size, mode="area")[0]
+
+
+def _concat_chunks(chunks: list[tuple[torch.Tensor, ...]]) -> tuple[torch.Tensor, ...]:
+    """Concatenates a list of tensor tuples field by field, releasing each chunk once copied.
+
+    Empties ``chunks``; the peak is the result plus one chunk, not twice the result.
+    """
+    sizes = [len(c[0]) for c in chunks]
+    outs = tuple(torch.empty((sum(sizes),) + t.shape[1:], dtype=t.dtype) for t in chunks[0])
+    start = 0
+    for i, n in enumerate(sizes):
+        for out, t in zip(outs, chunks[i]):
+            out[start:start + n] = t
+        chunks[i] = ()
+        start += n
+    chunks.clear()
+    return outs
 
 
 def pool_concept_features(
@@ -240,25 +263,33 @@ def pool_concept_features(
     from lavise.features import features_with_masks
 
     d, h, w = store.shape
-    pooled, names, images, cover = [], [], [], []
+    names: list[str] = []
+    # One (pooled, images, coverage) triple per batch, not per image: thousands of
+    # small tensors kept across batches fragment the heap (resident memory grew with
+    # the number of images, not with the pairs held).
+    chunks: list[tuple[torch.Tensor, torch.Tensor, torch.Tensor]] = []
     stream = features_with_masks(store, dataset, num_workers=num_workers, progress=progress,
                                  desc="pool concept masks")
     for rows, batch_feats, batch_masks, batch_ids in stream:
-        for row, feats, masks, cids in zip(rows.tolist(), batch_feats, batch_masks, batch_ids):
+        vecs, cover, counts = [], [], []
+        for feats, masks, cids in zip(batch_feats, batch_masks, batch_ids):
+            counts.append(len(cids))
             if len(cids) == 0:
                 continue
             feats = feats.reshape(d, h * w)
             grid = masks_to_feature_grid(masks, (h, w)).reshape(len(cids), h * w)
-            vecs = grid @ feats.T / (h * w)
+            pooled = grid @ feats.T / (h * w)
             if pooling == "rescaled":
-                vecs = rescale_pooled(vecs, feats.mean(1).norm())
-            pooled.append(vecs)
+                pooled = rescale_pooled(pooled, feats.mean(1).norm())
+            vecs.append(pooled)
             cover.append(grid.mean(1))
             names.extend(dataset.concepts[int(c)] for c in cids)
-            images.append(torch.full((len(cids),), row, dtype=torch.long))
-    if not pooled:
+        if vecs:
+            chunks.append((torch.cat(vecs), torch.repeat_interleave(rows, torch.tensor(counts)), torch.cat(cover)))
+    if not chunks:
         raise ValueError("the reference dataset has no concept masks")
-    out = ConceptFeatures(torch.cat(pooled), names, torch.cat(images), torch.cat(cover))
+    pooled, images, cover = _concat_chunks(chunks)
+    out = ConceptFeatures(pooled, names, images, cover)
     if min_coverage > 0:
         out = out.select(torch.nonzero(out.coverage >= min_coverage).flatten())
     return out
@@ -288,6 +319,27 @@ def _accuracy(vectors: torch.Tensor, targets: torch.Tensor, cands: torch.Tensor)
     return top1, top5
 
 
+class _PooledRows:
+    """Rows of one or more (N_i, d) pooled tensors, indexed as if concatenated, without
+    copying them: ``rows(idx, device)`` gathers only ``idx`` as float32 on ``device``."""
+
+    def __init__(self, parts: Sequence[torch.Tensor]) -> None:
+        self.parts = list(parts)
+        self.dim = self.parts[0].shape[1]
+        self.offsets = torch.tensor([0] + [len(p) for p in self.parts]).cumsum(0)
+
+    def __call__(self, idx: torch.Tensor, device: str | torch.device) -> torch.Tensor:
+        if len(self.parts) == 1:
+            return self.parts[0][idx].to(device, torch.float32)
+        out = torch.empty(len(idx), self.dim, dtype=torch.float32, device=self.parts[0].device)
+        part = torch.bucketize(idx, self.offsets[1:], right=True)
+        for k, p in enumerate(self.parts):
+            sel = part == k
+            if sel.any():
+                out[sel] = p[idx[sel] - self.offsets[k]].float()
+        return out.to(device)
+
+
 def fit_head(
     train: ConceptFeatures,
     heldout: ConceptFeatures | None,
@@ -311,6 +363,11 @@ def fit_head(
     Only ``split.seen`` concepts (and the words of ``image_level``) appear as positives
     or negatives in training; held-out accuracy ranks each pair's concept among all of
     ``split.concepts``.
+
+    The pooled vectors are not copied: each step gathers its minibatch's rows from
+    ``train.pooled`` (and ``image_level.pooled``), in whatever float dtype they are
+    stored, as float32 on ``device``; training needs memory for the pairs the caller
+    holds plus the head and its optimiser state.
 
     Args:
         image_level: Optional weak pairs (whole-image pooled features, a target word
@@ -337,13 +394,18 @@ def fit_head(
         extra_vecs, extra_kept, _ = word_space.concept_matrix(extra)
         seen_names += list(extra_kept)
         seen_list += list(extra_vecs)
-        train = concat_features([train, image_level])
+    # The pooled vectors stay in the caller's tensors (any float dtype, e.g. float16
+    # at COCO scale): each step gathers and converts its minibatch's rows only.
+    parts = [train] if image_level is None or not image_level.concepts else [train, image_level]
+    pooled = _PooledRows([p.pooled for p in parts])
+    train = ConceptFeatures(torch.empty(0), [c for p in parts for c in p.concepts],
+                            torch.cat([p.images for p in parts]), torch.cat([p.coverage for p in parts]))
     seen_pos = {c: j for j, c in enumerate(seen_names)}
     seen_vecs = torch.stack(seen_list).to(device)
     rows = [i for i, c in enumerate(train.concepts) if c in seen_pos]
     if not rows:
         raise ValueError("no training pair has a seen concept")
-    x = train.pooled[rows].to(device)
+    rows_t = torch.tensor(rows, dtype=torch.long)
     y = torch.tensor([seen_pos[train.concepts[i]] for i in rows], device=device)
     also = None
     if image_level is not None and image_level.concepts:
@@ -367,33 +429,38 @@ def fit_head(
         vocab_neg = F.normalize(negative_words.float(), dim=1).to(device)
     elif negatives not in LOSS_NEGATIVES:
         raise ValueError(f"unknown negatives {negatives!r} (valid: {', '.join(LOSS_NEGATIVES)})")
-    d = x.shape[1]
-    head = ExplainerHead(d, word_space.dim).to(device)
-    opt = torch.optim.Adam(head.parameters(), lr=lr, weight_decay=weight_decay)
+    n = len(rows)
+    head = ExplainerHead(pooled.dim, word_space.dim).to(device)
+    # foreach: the same arithmetic as the per-tensor loop (bit-identical), in fewer,
+    # larger kernels; on the CPU the loop's temporaries page-faulted fresh memory on
+    # every step (a third of an epoch's CPU time went to the kernel).
+    opt = torch.optim.Adam(head.parameters(), lr=lr, weight_decay=weight_decay, foreach=True)
     history: list[EpochMetrics] = []
     bar = tqdm(range(1, epochs + 1), desc="train explainer", unit="epoch", disable=not progress)
     for epoch in bar:
         head.train()
-        perm = torch.randperm(len(x), generator=gen).to(device)
+        perm_cpu = torch.randperm(n, generator=gen)
+        perm = perm_cpu.to(device)
         total = 0.0
-        for start in range(0, len(x), batch_size):
+        for start in range(0, n, batch_size):
             b = perm[start:start + batch_size]
             if len(b) < 2:  # BatchNorm needs two rows
                 continue
+            xb = pooled(rows_t[perm_cpu[start:start + batch_size]], device)
             cands, also_b = seen_vecs, None if also is None else also[b]
             if vocab_neg is not None:
                 pick = torch.randperm(len(vocab_neg), generator=gen)[:VOCABULARY_NEGATIVES].to(device)
                 cands = torch.cat([seen_vecs, vocab_neg[pick]])
                 if also_b is not None:
                     also_b = F.pad(also_b, (0, len(pick)))
-            loss = hinge_rank_loss(head(x[b]), y[b], cands, margin,
+            loss = hinge_rank_loss(head(xb), y[b], cands, margin,
                                    negatives="hardest" if negatives == "hardest" else "all",
                                    also_positive=also_b)
             opt.zero_grad()
             loss.backward()
             opt.step()
             total += loss.item() * len(b)
-        metrics = EpochMetrics(epoch, total / len(x), *_heldout_accuracy(head, heldout, split, kept, all_vecs, device))
+        metrics = EpochMetrics(epoch, total / n, *_heldout_accuracy(head, heldout, split, kept, all_vecs, device))
         history.append(metrics)
         bar.set_postfix(loss=f"{metrics.loss:.3f}", seen_top1=f"{metrics.seen_top1:.2f}",
                         unseen_top1="n/a" if metrics.unseen_top1 is None else f"{metrics.unseen_top1:.2f}")
@@ -408,7 +475,7 @@ def _heldout_accuracy(head, heldout, split, kept, all_vecs, device) -> tuple:
     head.eval()
     index = {c: i for i, c in enumerate(kept)}
     with torch.no_grad():
-        out = head(heldout.pooled.to(device)).cpu()
+        out = head(heldout.pooled.to(device, torch.float32)).cpu()
     res = []
     for group in (set(split.seen), set(split.unseen)):
         rows = [i for i, c in enumerate(heldout.concepts) if c in group and c in index]

@@ -31,6 +31,8 @@ e.g. with :func:`pool_in_chunks`.
 from __future__ import annotations
 
 import logging
+from collections import deque
+from concurrent.futures import ThreadPoolExecutor
 from typing import Callable, ClassVar, Iterator, Sequence, TypeVar
 
 import torch
@@ -309,6 +311,7 @@ class ImageMasking(MaskingMethod):
         extract: Callable[[torch.Tensor], torch.Tensor],
         pairs: tuple[torch.Tensor, torch.Tensor],
         chunk_size: int | None = None,
+        workers: int | None = None,
     ) -> torch.Tensor:
         """Pooled features of the masked images of chosen (image, filter) pairs.
 
@@ -328,6 +331,14 @@ class ImageMasking(MaskingMethod):
                 ``filters``.
             chunk_size: Masked images per forward pass (default: 64 on a GPU, 1 on a
                 CPU, where batch 1 measures fastest: see docs/performance.md).
+            workers: Forward passes run at once, each in its own thread, sharing the
+                intra-op threads between them (default: on a CPU, the intra-op
+                threads, at most 4; on a GPU, 1). Batch-1 passes use several cores
+                better side by side than each split across all threads (with one
+                intra-op thread each, the results are exactly the one-thread ones);
+                ``extract`` must then be thread-safe, as
+                :meth:`lavise.models.LayerExtractor.features` is. 1 runs the passes in
+                the calling thread.
 
         Returns:
             ``(P, d)`` on the features' device, in the order of ``pairs``.
@@ -340,6 +351,24 @@ class ImageMasking(MaskingMethod):
             chunk_size = 1 if features.device.type == "cpu" else 64
         if chunk_size < 1:
             raise ValueError(f"chunk_size must be >= 1, got {chunk_size}")
+        threads = torch.get_num_threads()
+        if workers is None:
+            workers = min(threads, 4) if features.device.type == "cpu" else 1
+        if workers < 1:
+            raise ValueError(f"workers must be >= 1, got {workers}")
+        if workers == 1:
+            return self._pool_pairs(images, features, filt, thresholds, extract, pairs, chunk_size, None, 0)
+        torch.set_num_threads(max(1, threads // workers))  # read by the workers' threads when they start
+        try:
+            with ThreadPoolExecutor(workers, thread_name_prefix="lavise-image-masking") as pool:
+                return self._pool_pairs(images, features, filt, thresholds, extract, pairs, chunk_size,
+                                        pool, 2 * workers)
+        finally:
+            torch.set_num_threads(threads)
+
+    def _pool_pairs(self, images, features, filt, thresholds, extract, pairs, chunk_size, pool,
+                    in_flight) -> torch.Tensor:
+        """:meth:`pool_pairs`; forward passes in ``pool`` (at most ``in_flight`` at once), or here."""
         device, dtype = features.device, features.dtype
         images = images.to(device, dtype)
         pair_b, pair_u = (torch.as_tensor(p, dtype=torch.long, device=device).reshape(-1) for p in pairs)
@@ -352,13 +381,24 @@ class ImageMasking(MaskingMethod):
         empty: list[int] = []
         pending: list[tuple[int, torch.Tensor]] = []  # (pair, its mask) waiting for a forward pass
 
+        running: deque = deque()  # (rows, future) of passes in the pool's threads
+
+        def collect(keep: int) -> None:
+            while len(running) > keep:
+                rows, future = running.popleft()
+                out[rows] = future.result().to(dtype)
+
         def run() -> None:
             if not pending:
                 return
             rows = torch.tensor([p for p, _ in pending], device=device)
             masked = images[pair_b[rows]] * torch.stack([m for _, m in pending])
-            out[rows] = self._pool(extract, masked, d).to(dtype)
             pending.clear()
+            if pool is None:
+                out[rows] = self._pool(extract, masked, d).to(dtype)
+                return
+            running.append((rows, pool.submit(self._pool, extract, masked, d)))
+            collect(in_flight)
 
         seen: dict[tuple[int, bytes], int] = {}
         for start in range(0, pair_b.numel(), chunk_size):
@@ -381,6 +421,7 @@ class ImageMasking(MaskingMethod):
                 if len(pending) == chunk_size:
                     run()
         run()
+        collect(0)
         if empty:
             zero = torch.zeros((1,) + tuple(images.shape[1:]), device=device, dtype=dtype)
             out[torch.tensor(empty, device=device)] = self._pool(extract, zero, d).to(dtype)

@@ -11,6 +11,7 @@ import contextlib
 import copy
 import hashlib
 import logging
+import threading
 import zipfile
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -178,7 +179,10 @@ class FeatureHook(contextlib.AbstractContextManager):
 
     The hook is registered on ``__enter__`` and always removed on ``__exit__``, also
     when the forward pass raises. A module that runs more than once in a single
-    forward pass is refused, since its output would be ambiguous.
+    forward pass is refused, since its output would be ambiguous. Only forward passes
+    run by the thread that entered the hook are captured, so that several threads can
+    each run the same network with their own hook (e.g. the ``image`` masking method's
+    independent passes).
 
     Args:
         module: The network.
@@ -198,6 +202,7 @@ class FeatureHook(contextlib.AbstractContextManager):
         self.output: torch.Tensor | None = None
         self.calls = 0
         self._handle: torch.utils.hooks.RemovableHandle | None = None
+        self._thread = threading.get_ident()
         try:
             self._target = module.get_submodule(layer)
         except AttributeError:
@@ -205,6 +210,8 @@ class FeatureHook(contextlib.AbstractContextManager):
             raise ValueError(unknown_choice("layer", layer, names)) from None
 
     def _hook(self, _mod: nn.Module, _inp: object, out: object) -> None:
+        if threading.get_ident() != self._thread:
+            return  # another thread's forward pass
         self.calls += 1
         if self.calls > 1:
             raise ValueError(
@@ -216,6 +223,7 @@ class FeatureHook(contextlib.AbstractContextManager):
             raise _StopForward
 
     def __enter__(self) -> "FeatureHook":
+        self._thread = threading.get_ident()
         self._handle = self._target.register_forward_hook(self._hook)
         return self
 
