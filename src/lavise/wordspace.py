@@ -366,6 +366,47 @@ def _load_word2vec_300() -> WordSpace:
 
 register_word_space(WORD2VEC_300, _load_word2vec_300)
 
+WORD2VEC_300_FILLED = "word2vec-300-filled"
+
+
+def load_filled_word_space(path: str | os.PathLike | None = None, name: str = WORD2VEC_300_FILLED) -> WordSpace:
+    """``word2vec-300`` plus 300-d vectors mapped from GloVe for the words word2vec lacks.
+
+    The real word2vec rows come first, unchanged; the file adds the words of the
+    default vocabulary, of the registered reference formats' concept names and of
+    the ImageNet class names that word2vec lacks and GloVe 6B has, with vectors mapped
+    from GloVe 50-d (see ``scripts/build_filled_word_space.py`` and
+    ``data/WORD2VEC-ATTRIBUTION.md``).
+
+    Args:
+        path: An ``.npz`` file with ``words`` and float16 ``vectors`` (default: the
+            packaged ``data/word2vec-300-filled.npz``).
+        name: Name of the space.
+
+    Returns:
+        The space; :attr:`WordSpace.words` after row 26,422 are the mapped words.
+    """
+    base = _load_word2vec_300()
+    if path is None:
+        from importlib.resources import files
+
+        fh = files("lavise").joinpath("data", "word2vec-300-filled.npz").open("rb")
+    else:
+        fh = open(path, "rb")
+    with fh, np.load(fh) as data:
+        words = [str(w) for w in data["words"]]
+        vectors = data["vectors"].astype(np.float32)
+    known = [w for w in words if w in base.index]
+    if known:
+        raise ValueError(f"{name}: {len(known)} filled words are already real word2vec words "
+                         f"(e.g. {known[0]!r}); rebuild the file with scripts/build_filled_word_space.py")
+    added = WordSpace(name, words, vectors)
+    logger.info("loaded %s: %d word2vec words + %d mapped from GloVe", name, len(base), len(added))
+    return WordSpace(name, base.words + added.words, torch.cat([base.vectors, added.vectors]), normalised=True)
+
+
+register_word_space(WORD2VEC_300_FILLED, functools.lru_cache(maxsize=1)(load_filled_word_space))
+
 
 # --------------------------------------------------------------------------- text files
 
