@@ -49,7 +49,7 @@ def _build_script():
     return module
 
 
-@pytest.mark.parametrize("kind", ["linear", "knn"])
+@pytest.mark.parametrize("kind", ["linear", "linear-spread", "knn"])
 def test_mapping_recovers_held_out_word2vec_vectors_better_than_chance(kind):
     build = _build_script()
     real = load_word_space(WORD2VEC_300)
