@@ -16,12 +16,18 @@ Usage:
     python scripts/sweeps.py --role dev --shared ../shared/data [--only kinds,vocabulary,...]
     python scripts/sweeps.py --role dev --only vocabulary-files --vocabulary-files old.txt,new.tsv
     python scripts/sweeps.py --role dev --only levers      # issue 11's ablation table
+    python scripts/sweeps.py --role dev --only levers --levers word-space \
+        --word-spaces word2vec-300,word2vec-300-filled,knn=runs/word2vec-300-filled-knn.npz
 
 The ``levers`` sweep computes the target's ground truth once per quantile and scores
 each variant (a training setting, a combination setting, a ranking rule: activation
 weights and the registered word rankings of :mod:`lavise.words`, p, T_u's quantile)
-for the explainer kinds ``trained`` and ``trained+conse``, with recall on unseen concepts (held out of training) and on *novel* ones (annotated by no training
-reference: on the development protocol, COCO's stuff categories).
+for the explainer kinds ``trained`` and ``trained+conse``, with recall on unseen
+concepts (held out of training) and on *novel* ones (annotated by no training
+reference: on the development protocol, COCO's stuff categories). Its ``word-space``
+lever trains one explainer per word space of ``--word-spaces`` and adds, per space,
+coverage counts and how often words mapped from GloVe (absent from ``word2vec-300``)
+are said, against their share of the vocabulary (hubness).
 """
 
 from __future__ import annotations
@@ -35,7 +41,8 @@ import lavise
 from lavise.evaluate import evaluate
 
 SWEEPS = ("pooling", "kinds", "vocabulary", "vocabulary-files", "p", "s", "seen")
-LEVERS = ("base", "margin", "negatives", "combination", "ranking", "p-quantile", "captions", "augment", "all-data")
+LEVERS = ("base", "margin", "negatives", "combination", "ranking", "p-quantile", "captions", "augment", "all-data",
+          "word-space")
 
 
 def refs(role: str, shared: Path) -> tuple[list[str], list[str], str, str]:
@@ -110,6 +117,7 @@ class Bench:
         novel = novel_concepts(concepts, known_concepts(exp))
         strict = novel_concepts(concepts, known_concepts(exp, captions=True))
         r = score_method(label, res.words(), gts, set(exp.split.unseen), novel=novel)
+        self.last = (res.words(), self._voc[vkey], gts)
         never = score_method(label, res.words(), gts, novel=strict).recall_novel if strict != novel else r.recall_novel
         return r, never
 
@@ -127,7 +135,49 @@ def lever_row(lever: str, setting: str, kind: str, scores) -> str:
             + f" | {unseen:.3f} | {novel:.3f} | {strict:.3f} | {r.precision_at_1:.3f} |")
 
 
-def levers(base, train_refs, exclude, target, split, only, shared: Path, kinds=("trained", "trained+conse")) -> None:
+def word_space_spec(spec: str) -> str:
+    """A word-space name for ``--word-spaces``: a registered name, or ``NAME=FILE.npz`` (a
+    filled space built by ``scripts/build_filled_word_space.py``), registered here."""
+    from lavise.wordspace import list_word_spaces, load_filled_word_space, register_word_space
+
+    name, _, path = spec.partition("=")
+    if path and name not in list_word_spaces():
+        register_word_space(name, lambda: load_filled_word_space(path, name))
+    return name
+
+
+def coverage(space_name: str, shared: Path) -> str:
+    """Coverage counts of a word space: default-vocabulary words, COCO categories with a
+    vector, and ADE20K classes that no COCO / VOC category names (novel) that a
+    vocabulary word can say."""
+    import json
+
+    from lavise.datasets.ade20k import read_object_info
+    from lavise.datasets.voc import VOC_CLASSES
+    from lavise.metrics import concept_match_words, normalise_word, novel_concepts
+    from lavise.vocabulary import load_vocabulary
+    from lavise.wordspace import load_word_space
+
+    space = load_word_space(space_name)
+    voc = load_vocabulary("default", space)
+    said = {normalise_word(w) for w in voc.words}
+    coco: dict[str, None] = {}
+    for f in sorted(shared.glob("coco-*/annotations/*_*2017.json")):
+        if f.name.startswith(("instances", "panoptic")):
+            coco.update(dict.fromkeys(c["name"] for c in json.loads(f.read_text())["categories"]))
+    inst = json.loads(next(shared.glob("coco-mini/annotations/instances_*2017.json")).read_text())["categories"]
+    ade = read_object_info(shared / "ade20k-sample" / "objectInfo150.txt")
+    novel = sorted(novel_concepts(ade, [*coco, *VOC_CLASSES]))
+    sayable = [c for c in novel if not concept_match_words(c).isdisjoint(said)]
+    trainable = sum(space.concept_vector(c["name"]) is not None for c in inst)
+    panoptic = sum(space.concept_vector(c) is not None for c in coco)
+    return (f"{space_name}: {len(space)} words; default vocabulary {len(voc)} words; COCO instance categories "
+            f"with a vector {trainable}/{len(inst)}, COCO (all) {panoptic}/{len(coco)}; ADE20K novel classes "
+            f"sayable {len(sayable)}/{len(novel)} (not: {', '.join(c for c in novel if c not in sayable)})")
+
+
+def levers(base, train_refs, exclude, target, split, only, shared: Path, kinds=("trained", "trained+conse"),
+           word_spaces: tuple[str, ...] = ()) -> None:
     """Issue 11's levers on one protocol, one line per (lever, setting, kind)."""
     bench = Bench(target, split, base)
     captions = tuple(str(p) for p in sorted((shared).glob("coco-*/annotations/captions_*2017.json")))
@@ -143,7 +193,7 @@ def levers(base, train_refs, exclude, target, split, only, shared: Path, kinds=(
         print("\n".join(lines), flush=True)
 
     print("\n".join(LEVER_HEADER), flush=True)
-    exp = train(base)
+    exp = train(base) if any(name != "word-space" for name in only) else None
 
     def lever_base():
         emit("none", "defaults", exp, base)
@@ -197,9 +247,46 @@ def levers(base, train_refs, exclude, target, split, only, shared: Path, kinds=(
         cfg = base.replace(captions=captions)
         emit("all data", "+ coco-gender (captions only)", train(cfg, [*train_refs, gender]), cfg)
 
+    def lever_word_space():
+        from lavise.metrics import concept_match_words, normalise_word
+        from lavise.wordspace import WORD2VEC_300, load_word_space
+
+        from lavise.metrics import score_method
+
+        real = load_word_space(WORD2VEC_300).index
+        notes = []
+        kept = {}
+        for spec in word_spaces:
+            name = word_space_spec(spec)
+            cfg = base.replace(word_space=name)
+            e = train(cfg)
+            for kind in kinds:
+                r = bench.score(name, e.with_kind(kind), cfg)
+                print(lever_row("word space", name, kind, r), flush=True)
+                words, voc, gts = bench.last
+                kept[(name, kind)] = (words, gts, set(e.split.unseen))
+                mapped = {w for w in voc.words if w not in real}
+                top = [w for ws in words for w in ws[:10]]
+                hits = [w for ws, g in zip(words, gts) for w in ws[:10]
+                        if any(normalise_word(w) in concept_match_words(c) for c in g)]
+                share = lambda ws: sum(w in mapped for w in ws) / max(1, len(ws))  # noqa: E731
+                notes.append(f"{name} {kind}: mapped words are {share(voc.words):.3f} of the vocabulary "
+                             f"({len(mapped)} of {len(voc)}), {share(top):.3f} of the top-10 words said "
+                             f"({len(top)}), {share(hits):.3f} of the top-10 words that hit ({len(hits)}); "
+                             f"distinct mapped words said: {len(set(top) & mapped)}")
+            notes.append(coverage(name, shared))
+        # Spaces with other trainable concepts sample other unseen splits: compare on the
+        # concepts that every space held out.
+        common = set.intersection(*(u for _, _, u in kept.values()))
+        notes.append(f"R@10 on the {len(common)} concepts unseen by every space ({', '.join(sorted(common))}): "
+                     + ", ".join(f"{n} {k} {score_method(n, w, g, common).recall_unseen[10]:.3f}"
+                                 for (n, k), (w, g, _) in kept.items()))
+        print("\n" + "\n".join(notes), flush=True)
+
     table = {"base": lever_base, "margin": lever_margin, "negatives": lever_negatives,
              "combination": lever_combination, "ranking": lever_ranking, "p-quantile": lever_p_quantile,
-             "captions": lever_captions, "augment": lever_augment, "all-data": lever_all_data}
+             "captions": lever_captions, "augment": lever_augment, "all-data": lever_all_data,
+             "word-space": lever_word_space}
     for name in only:
         table[name]()
 
@@ -211,6 +298,8 @@ def main() -> None:
     ap.add_argument("--only", default=",".join(SWEEPS), help=f"sweeps: {', '.join(SWEEPS)}, levers")
     ap.add_argument("--levers", default=",".join(LEVERS), help=f"with --only levers: {', '.join(LEVERS)}")
     ap.add_argument("--cache-dir")
+    ap.add_argument("--word-spaces", default="word2vec-300,word2vec-300-filled",
+                    help="with --levers word-space: registered names or NAME=FILE.npz (filled spaces)")
     ap.add_argument("--set", action="append", default=[], metavar="FIELD=VALUE",
                     help="override a Config field of the base setting (e.g. loss_negatives=vocabulary)")
     ap.add_argument("--pooling", default=None, help="pooling for the sweeps after the pooling sweep")
@@ -234,7 +323,8 @@ def main() -> None:
     t0 = time.time()
     if "levers" in only:
         print(f"## levers (method {base.method}, pooling {base.pooling})\n")
-        levers(base, train_refs, exclude, target, split, args.levers.split(","), args.shared)
+        levers(base, train_refs, exclude, target, split, args.levers.split(","), args.shared,
+               word_spaces=tuple(args.word_spaces.split(",")))
         print(f"\n({time.time() - t0:.0f} s)")
         return
 

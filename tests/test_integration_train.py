@@ -24,7 +24,7 @@ def test_training_records_split_history_and_metadata(coco_explainer, tmp_path):
     exp.save(tmp_path / "ckpt")
     meta = json.loads((tmp_path / "ckpt" / "lavise.json").read_text())
     assert meta["model"]["name"] == "efficientnet-lite0" and meta["layer"]["name"] == "_head_act"
-    assert meta["word_space"]["name"] == "word2vec-300" and meta["explainer"]["kind"] == "trained+conse"
+    assert meta["word_space"]["name"] == "word2vec-300-filled" and meta["explainer"]["kind"] == "trained+conse"
     assert meta["model"]["preprocessing"]["mean"][0] == pytest.approx(127 / 255)
     assert len(meta["split"]["unseen"]) > 10
     back = Explainer.load(tmp_path / "ckpt", model=exp.model)

@@ -18,7 +18,7 @@ def test_packaged_word2vec_loads_offline_with_unit_vectors_and_sensible_neighbou
     dog, cat, car = (space.vector(w) for w in ("dog", "cat", "car"))
     assert float(dog @ cat) > float(dog @ car)
     assert space.concept_vector("traffic light") is not None  # multi-word names: token mean
-    assert Config().word_space == "word2vec-300"
+    assert Config().word_space == "word2vec-300-filled"  # word2vec-300 plus GloVe-mapped words
 
 
 def test_default_vocabulary_in_word2vec_keeps_thousands_of_visual_words():

@@ -107,7 +107,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--split", help="split of the reference data, e.g. train2017 (FORMAT:PATH@SPLIT overrides it)")
     p.add_argument("--exclude", action="append",
                    help="FORMAT:PATH[@SPLIT] whose images are left out of training (e.g. the evaluation split)")
-    p.add_argument("--embeddings", dest="word_space", help="word space: word2vec-300 (default), glove-6b-50d, a GloVe/word2vec text file or a word2vec binary file")
+    p.add_argument("--embeddings", dest="word_space", help="word space: word2vec-300-filled (default), word2vec-300, glove-6b-50d, a GloVe/word2vec text file or a word2vec binary file")
     p.add_argument("--explainer", choices=EXPLAINER_KINDS, help="explainer kind (default trained+conse)")
     p.add_argument("--seen-fraction", type=float, help="share of categories that supervise training (default 0.7)")
     p.add_argument("--pooling", choices=POOLINGS, help="pooling of masked features: mean (paper, default) or rescaled")

@@ -22,7 +22,8 @@ class Config:
         weights: Torchvision weights enum value or a local weights file.
         allow_pickle: Allow loading a whole pickled model (runs code from the file).
         layer: Dotted module path of the layer to explain (None: the model's default).
-        word_space: Registered word space name or a GloVe/word2vec text file.
+        word_space: Registered word space name or a GloVe/word2vec text file (default: the
+            packaged word2vec subset filled with GloVe-mapped vectors, ``word2vec-300-filled``).
         vocabulary: ``default``, ``glove``, ``concepts`` or a word-list file.
         vocabulary_size: Keep the N most common vocabulary words (None: all).
         allow_offensive: Keep the slurs and obscenities of the shipped blocklist in the
@@ -71,7 +72,7 @@ class Config:
     weights: str | None = None
     allow_pickle: bool = False
     layer: str | None = None
-    word_space: str = "word2vec-300"
+    word_space: str = "word2vec-300-filled"
     vocabulary: str = "default"
     vocabulary_size: int | None = None
     allow_offensive: bool = False

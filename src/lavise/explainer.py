@@ -551,7 +551,10 @@ class Explainer:
             names = self.model.class_names or []
             vecs = torch.zeros(len(names), self.word_space.dim)
             for i, n in enumerate(names):
-                v = self.word_space.concept_vector(n)
+                # Class names embed with learned vectors only: GloVe-mapped vectors of rare
+                # class names (dog breeds, fish) are noisy and pull ConSE's mean toward them
+                # (docs/results.md, "A filled 300-d word space").
+                v = self.word_space.concept_vector(n, mapped=False)
                 if v is not None:
                     vecs[i] = v
             self._class_vectors = vecs

