@@ -38,6 +38,7 @@ from lavise.evaluate import compute_ground_truth
 from lavise.explain import explain_filters, pooled_top_image_features
 from lavise.explainer import fit_head, pool_concept_features
 from lavise.masking import get_masking_method
+from lavise._parallel import resolve_passes, side_by_side
 from lavise.models import LayerExtractor
 from lavise.vocabulary import load_vocabulary
 
@@ -47,33 +48,51 @@ def _sync(device: str) -> None:
         torch.cuda.synchronize()
 
 
-def bare_configs(device: str, batch_sizes: Sequence[int]) -> list[tuple[bool, int, int]]:
-    """Every bare configuration the floor tries: (channels-last, batch size, intra-op threads).
+Config = tuple[bool, int, int, int]  # (channels-last, batch size, intra-op threads per pass, passes side by side)
+
+
+def bare_configs(device: str, batch_sizes: Sequence[int]) -> list[Config]:
+    """Every bare configuration the floor tries.
 
     NCHW and channels-last; batch 1, 8 and 16 (and 32 on a GPU) and every extraction
     batch size; on the CPU every thread count from all cores down to one less (the
-    extraction's decoding thread may leave one core to the forward pass)."""
+    extraction's decoding thread may leave one core to the forward pass), and passes
+    side by side in threads sharing the cores (as extraction runs them on a CPU:
+    :mod:`lavise._parallel`)."""
     sizes = sorted({1, 8, 16, *((32,) if device.startswith("cuda") else ()), *batch_sizes})
     n = torch.get_num_threads()
-    threads = [n] if device.startswith("cuda") or n == 1 else [n, n - 1]
-    return [(cl, bs, t) for cl in (False, True) for bs in sizes for t in threads]
+    if device.startswith("cuda") or n == 1:
+        return [(cl, bs, n, 1) for cl in (False, True) for bs in sizes]
+    passes = resolve_passes(None, "cpu")
+    return [(cl, bs, t, p) for cl in (False, True) for bs in sizes
+            for t, p in ((n, 1), (n - 1, 1), (max(1, n // passes), passes))]
 
 
-def bare_forward_once(model, x_all: torch.Tensor, device: str, config: tuple[bool, int, int]) -> float:
+def bare_forward_once(model, x_all: torch.Tensor, device: str, config: Config) -> float:
     """Seconds of one plain forward pass over ``x_all`` (normalised, on ``device``): no hooks, no cache."""
-    channels_last, bs, threads = config
+    channels_last, bs, threads, passes = config
     fmt = torch.channels_last if channels_last else torch.contiguous_format
     net = model.module
     net.to(memory_format=fmt)
     before = torch.get_num_threads()
-    torch.set_num_threads(threads)
-    try:
+    torch.set_num_threads(threads * passes)
+
+    def run(i: int) -> None:
         with torch.inference_mode():
-            net(x_all[:bs].contiguous(memory_format=fmt))  # warm-up
-            _sync(device)
-            t = time.perf_counter()
-            for i in range(0, len(x_all), bs):
-                net(x_all[i:i + bs].contiguous(memory_format=fmt))
+            net(x_all[i:i + bs].contiguous(memory_format=fmt))
+
+    try:
+        with side_by_side(passes, "bench-forward") as pool:
+            if pool is None:
+                run(0)  # warm-up
+                _sync(device)
+                t = time.perf_counter()
+                for i in range(0, len(x_all), bs):
+                    run(i)
+            else:
+                list(pool.map(run, [0] * passes))  # warm-up, every thread
+                t = time.perf_counter()
+                list(pool.map(run, range(0, len(x_all), bs)))
             _sync(device)
             return time.perf_counter() - t
     finally:
@@ -95,9 +114,11 @@ def bare_forward(model, images: torch.Tensor, device: str, batch_sizes: Sequence
     return len(x_all) / times[best], describe(best)
 
 
-def describe(config: tuple[bool, int, int]) -> str:
-    channels_last, bs, threads = config
-    return f"{'channels-last' if channels_last else 'NCHW'}, batch {bs}, {threads} thread{'s' * (threads > 1)}"
+def describe(config: Config) -> str:
+    channels_last, bs, threads, passes = config
+    side = f" x {passes} passes side by side" if passes > 1 else ""
+    return (f"{'channels-last' if channels_last else 'NCHW'}, batch {bs}, "
+            f"{threads} thread{'s' * (threads > 1)}{side}")
 
 
 def previous_extraction(model, layer: str, dataset, batch_size: int) -> None:

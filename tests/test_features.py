@@ -189,3 +189,25 @@ def test_prefetch_keeps_order_and_raises_in_the_consumer():
     assert next(it) == 1
     with pytest.raises(OSError, match="disk"):
         next(it)
+
+
+def test_forward_passes_side_by_side_store_the_one_thread_features(tmp_path):
+    """Batches run in two threads (one intra-op thread each) give the one-thread cache."""
+    model = tiny_model()
+    dataset = load_dataset(f"folder:{image_folder(tmp_path / 'imgs', n=7)}", preprocessing=TINY_PRE)
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        one = extract_features(model, "features", dataset, tmp_path / "one", batch_size=2, progress=False,
+                               forward_passes=1)
+    finally:
+        torch.set_num_threads(before)
+    torch.set_num_threads(2)
+    try:
+        two = extract_features(model, "features", dataset, tmp_path / "two", batch_size=2, progress=False,
+                               forward_passes=2)
+        assert torch.get_num_threads() == 2  # restored
+    finally:
+        torch.set_num_threads(before)
+    np.testing.assert_array_equal(one.array, two.array)
+    assert two.meta["complete"]

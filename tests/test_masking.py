@@ -218,7 +218,7 @@ def test_batched_image_masking_equals_the_per_filter_path_and_skips_known_passes
         # 12 pairs - 2 empty (run once, as one zero image) - 1 repeat (filters 3 and 4 on image 2)
         assert sum(calls) == 12 - 2 + 1 - 1
         assert torch.get_num_threads() == threads
-    with pytest.raises(ValueError, match="workers"):
+    with pytest.raises(ValueError, match="side by side"):
         m.pool_pairs(images, feats, filters, t, extract, (pair_b, pair_u), workers=0)
     with pytest.raises(ValueError, match="pairs"):
         m.pool_pairs(images, feats, filters, t, extract, (pair_b, pair_u[:-1]))

@@ -97,7 +97,7 @@ def features_of(
     """
     return extract_features(
         model, layer, dataset, config.cache_root(),
-        batch_size=config.image_batch_size, num_workers=config.workers(),
+        batch_size=config.image_batch(), num_workers=config.workers(),
         channels_last=config.channels_last, progress=config.progress,
         rank=rank, world_size=world_size,
     )

@@ -40,7 +40,7 @@ def _add_model(p: argparse.ArgumentParser, layer: bool = True) -> None:
 
 def _add_runtime(p: argparse.ArgumentParser) -> None:
     p.add_argument("--device", help="cpu, cuda, cuda:N or auto (default)")
-    p.add_argument("--image-batch-size", type=int, help="images per forward pass (default 8)")
+    p.add_argument("--image-batch-size", type=int, help="images per forward pass (default: 1 on a CPU, 32 on a GPU)")
     p.add_argument("--num-workers", "--workers", type=int, dest="num_workers", help="DataLoader workers (default: 0 on CPU, up to 8 on a GPU)")
     p.add_argument("--cache-dir", help="feature cache root (default $LAVISE_CACHE_DIR or ~/.cache/lavise)")
     p.add_argument("-q", "--quiet", action="store_true", help="no progress bars")
@@ -312,7 +312,7 @@ def cmd_finetune(args: argparse.Namespace) -> int:
     result = finetune(
         config.model, labels, weights=config.weights, train=args.train, init=args.init, epochs=args.epochs,
         lr=args.lr, batch_size=args.batch_size, holdout=args.holdout, patience=args.patience, seed=args.seed,
-        device=config.resolved_device(), image_batch_size=config.image_batch_size,
+        device=config.resolved_device(), image_batch_size=config.image_batch_size or 8,
         num_workers=config.workers(), progress=config.progress, out=args.out,
     )
     import json

@@ -59,7 +59,9 @@ class Config:
             levers, none of which won on the development protocol; see
             :func:`lavise.list_word_rankings`).
         device: ``cpu``, ``cuda``, ``cuda:1``... or ``auto``.
-        image_batch_size: Images per backbone forward pass.
+        image_batch_size: Images per backbone forward pass (None: 1 on a CPU, where
+            batch-1 passes side by side in threads measure fastest, see
+            docs/performance.md; 32 on a GPU).
         num_workers: DataLoader workers decoding images (None: 0 on the CPU, where
             workers would compete with the backbone, and up to 8 on a GPU, where decoding
             is the bottleneck).
@@ -97,7 +99,7 @@ class Config:
     x: int = 10
     ranking: str = "votes"
     device: str = "auto"
-    image_batch_size: int = 8
+    image_batch_size: int | None = None
     num_workers: int | None = None
     channels_last: bool = True
     cache_dir: str | None = None
@@ -121,7 +123,8 @@ class Config:
             (self.margin > 0, f"margin must be > 0, got {self.margin}"),
             (self.loss_negatives in ("all", "hardest", "vocabulary"),
              f"unknown loss negatives {self.loss_negatives!r} (valid: all, hardest, vocabulary)"),
-            (self.image_batch_size >= 1, f"image batch size must be >= 1, got {self.image_batch_size}"),
+            (self.image_batch_size is None or self.image_batch_size >= 1,
+             f"image batch size must be >= 1, got {self.image_batch_size}"),
             (self.num_workers is None or self.num_workers >= 0, f"workers must be >= 0, got {self.num_workers}"),
             (self.vocabulary_size is None or self.vocabulary_size >= 1,
              f"vocabulary size must be >= 1, got {self.vocabulary_size}"),
@@ -164,6 +167,12 @@ class Config:
         if self.device == "auto":
             return "cuda" if torch.cuda.is_available() else "cpu"
         return self.device
+
+    def image_batch(self) -> int:
+        """Images per backbone forward pass: ``image_batch_size``, or the device-dependent default."""
+        if self.image_batch_size is not None:
+            return self.image_batch_size
+        return 32 if self.resolved_device().startswith("cuda") else 1
 
     def workers(self) -> int:
         """DataLoader workers: ``num_workers``, or the device-dependent default."""

@@ -32,12 +32,12 @@ from __future__ import annotations
 
 import logging
 from collections import deque
-from concurrent.futures import ThreadPoolExecutor
 from typing import Callable, ClassVar, Iterator, Sequence, TypeVar
 
 import torch
 import torch.nn.functional as F
 
+from lavise._parallel import resolve_passes, side_by_side
 from lavise._registry import Registry
 from lavise.statistics import fires
 
@@ -351,20 +351,10 @@ class ImageMasking(MaskingMethod):
             chunk_size = 1 if features.device.type == "cpu" else 64
         if chunk_size < 1:
             raise ValueError(f"chunk_size must be >= 1, got {chunk_size}")
-        threads = torch.get_num_threads()
-        if workers is None:
-            workers = min(threads, 4) if features.device.type == "cpu" else 1
-        if workers < 1:
-            raise ValueError(f"workers must be >= 1, got {workers}")
-        if workers == 1:
-            return self._pool_pairs(images, features, filt, thresholds, extract, pairs, chunk_size, None, 0)
-        torch.set_num_threads(max(1, threads // workers))  # read by the workers' threads when they start
-        try:
-            with ThreadPoolExecutor(workers, thread_name_prefix="lavise-image-masking") as pool:
-                return self._pool_pairs(images, features, filt, thresholds, extract, pairs, chunk_size,
-                                        pool, 2 * workers)
-        finally:
-            torch.set_num_threads(threads)
+        workers = resolve_passes(workers, features.device)
+        with side_by_side(workers, "lavise-image-masking") as pool:
+            return self._pool_pairs(images, features, filt, thresholds, extract, pairs, chunk_size,
+                                    pool, 2 * workers)
 
     def _pool_pairs(self, images, features, filt, thresholds, extract, pairs, chunk_size, pool,
                     in_flight) -> torch.Tensor:
