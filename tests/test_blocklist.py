@@ -46,7 +46,7 @@ ORDINARY = ["dog", "pot", "screw", "spade", "shrimp", "taco", "boy", "queen", "b
 
 @pytest.fixture(scope="module")
 def glove():
-    return load_word_space()
+    return load_word_space("glove-6b-50d")
 
 
 def test_known_offensive_words_are_blocked_and_ordinary_words_are_not():

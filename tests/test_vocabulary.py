@@ -12,7 +12,7 @@ from lavise.wordspace import load_word_space
 
 @pytest.fixture(scope="module")
 def glove():
-    return load_word_space()
+    return load_word_space("glove-6b-50d")
 
 
 def test_default_vocabulary(glove):

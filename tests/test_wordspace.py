@@ -164,10 +164,18 @@ def test_bad_inputs(tmp_path):
         load_text_word_space(bad, use_cache=False)
 
 
-def test_default_space():
+def test_default_space_is_the_configs():
+    from lavise import Config
+    from lavise.wordspace import DEFAULT_WORD_SPACE
+
+    assert Config().word_space == DEFAULT_WORD_SPACE == "word2vec-300-filled"
+    assert load_word_space().name == DEFAULT_WORD_SPACE
+
+
+def test_glove_space():
     assert "glove-6b-50d" in list_word_spaces()
-    ws = load_word_space()
-    assert load_word_space("glove-6b-50d") is ws
+    ws = load_word_space("glove-6b-50d")
+    assert load_word_space("glove-6b-50d") is ws and ws.name == "glove-6b-50d"
     assert ws.vectors.shape == (400000, 50) and ws.vectors.dtype == torch.float32
     assert torch.allclose(ws.vectors.norm(dim=1), torch.ones(400000), atol=1e-5)
     assert ws.words[:3] == ["the", ",", "."]

