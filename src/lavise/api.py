@@ -202,6 +202,7 @@ def train(
     store = features_of(target, layer, dataset, config)
     pairs = pool_concept_features(store, dataset, num_workers=config.workers(), progress=config.progress,
                                   pooling=config.pooling)
+    n_pairs = len(pairs.concepts)
     _, kept, missing = word_space.concept_matrix(sorted(set(pairs.concepts)))
     split_ = split_concepts(kept, config.seen_fraction, config.seed, missing)
     views = _augmented_pairs(target, layer, dataset, store, config)
@@ -214,9 +215,11 @@ def train(
             return torch.tensor([int(r) in heldout_rows for r in p.images.tolist()], dtype=torch.bool)
 
         is_held = held(pairs)
-        train_pairs = concat_features([pairs.select(torch.nonzero(~is_held).flatten())]
-                                      + [v.select(torch.nonzero(~held(v)).flatten()) for v in views])
         held_pairs = pairs.select(torch.nonzero(is_held).flatten()) if is_held.any() else None
+        own = pairs.select(torch.nonzero(~is_held).flatten()) if held_pairs is not None else pairs
+        del pairs  # training keeps its own rows only, not the full set beside them (GiBs at COCO scale)
+        train_pairs = concat_features([own] + [v.select(torch.nonzero(~held(v)).flatten()) for v in views])
+        del own
         weak_train = weak.select(torch.nonzero(~held(weak)).flatten()) if weak is not None else None
         negatives, negative_words = config.loss_negatives, None
         if negatives == "vocabulary":
@@ -240,7 +243,7 @@ def train(
             "image_ids": [str(i) for i in store.ids],
             "image_hashes": list(dataset.image_hashes),
             "unreadable_images": sorted(store.failed),
-            "pairs": len(pairs.concepts),
+            "pairs": n_pairs,
             "augmented_pairs": sum(len(v.concepts) for v in views),
             "caption_pairs": 0 if weak is None else len(weak.concepts),
             "caption_words": sorted(set(weak.concepts)) if weak is not None else [],
