@@ -9,13 +9,14 @@ the one-thread results. Used by feature extraction and the ``image`` masking met
 
 from __future__ import annotations
 
+from collections import deque
 from concurrent.futures import ThreadPoolExecutor
 from contextlib import contextmanager
-from typing import Iterator
+from typing import Any, Callable, Iterator
 
 import torch
 
-__all__ = ["side_by_side", "resolve_passes"]
+__all__ = ["InOrder", "side_by_side", "resolve_passes"]
 
 #: At most this many passes side by side by default (beyond it, batch-1 passes on many
 #: cores have not been measured).
@@ -57,3 +58,32 @@ def side_by_side(passes: int, name: str) -> Iterator[ThreadPoolExecutor | None]:
     finally:
         pool.shutdown(wait=True, cancel_futures=True)
         torch.set_num_threads(threads)
+
+
+class InOrder:
+    """Runs calls in a pool, at most ``limit`` in flight, and hands each result to ``sink``
+    in the order the calls were submitted (without a pool: at once, in the caller).
+
+    Args:
+        pool: From :func:`side_by_side`, or None.
+        sink: Called as ``sink(key, result)``.
+        limit: Calls in flight at most before :meth:`submit` waits for the oldest.
+    """
+
+    def __init__(self, pool: ThreadPoolExecutor | None, sink: Callable[[Any, Any], None], limit: int) -> None:
+        self.pool, self.sink, self.limit = pool, sink, limit
+        self._running: deque = deque()  # (key, future)
+
+    def submit(self, key: Any, fn: Callable[..., Any], *args: Any) -> None:
+        """Runs ``fn(*args)`` and hands its result to the sink under ``key``."""
+        if self.pool is None:
+            self.sink(key, fn(*args))
+            return
+        self._running.append((key, self.pool.submit(fn, *args)))
+        self.drain(self.limit)
+
+    def drain(self, keep: int = 0) -> None:
+        """Hands results to the sink until at most ``keep`` calls are in flight (re-raises a call's error)."""
+        while len(self._running) > keep:
+            key, future = self._running.popleft()
+            self.sink(key, future.result())

@@ -22,7 +22,6 @@ import hashlib
 import json
 import logging
 import os
-from collections import deque
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Iterator, Sequence
@@ -33,7 +32,7 @@ from torch.utils.data import DataLoader, Subset
 from tqdm.auto import tqdm
 
 from lavise import _cache
-from lavise._parallel import resolve_passes, side_by_side
+from lavise._parallel import InOrder, resolve_passes, side_by_side
 from lavise._io import save_npy_atomic, write_json_atomic
 from lavise.decode import DecodedImages, EncodedImages, collate_images, decode_on_device
 from lavise.models import LayerExtractor, TargetModel
@@ -267,23 +266,21 @@ def extract_features(
             pin_memory=device.type == "cuda", prefetch_factor=4 if num_workers else None,
         )
         passes = resolve_passes(forward_passes, device)
-        running: deque = deque()  # (rows, future) of forward passes in the pool's threads
 
         def forward(images: torch.Tensor) -> np.ndarray:
             with torch.autocast(device.type, dtype=amp or torch.float32, enabled=amp is not None):
                 feats = extractor(images.to(device, non_blocking=True))
             return feats.to("cpu", torch.float16).numpy()
 
-        def collect(keep: int) -> None:
+        def write(rows: np.ndarray, feats: np.ndarray) -> None:
             # A row counts as done only once its features are written (resume stays exact).
-            while len(running) > keep:
-                rows, future = running.popleft()
-                out[rows] = future.result()
-                done[rows] = True
+            out[rows] = feats
+            done[rows] = True
 
         bar = tqdm(total=len(todo), desc=f"features {info.name}", unit="img", disable=not progress)
         try:
             with side_by_side(passes, "lavise-forward") as pool:
+                passes_in_order = InOrder(pool, write, limit=passes)
                 batches = loader if num_workers else prefetch(loader, depth=2 * passes)
                 for step, batch in enumerate(batches, 1):
                     fails = list(batch["failed"])
@@ -295,17 +292,11 @@ def extract_features(
                         failed[str(item["image_id"])] = str(item["error"])
                         done[int(item["index"])] = True
                     if images is not None and len(rows):
-                        rows = rows.numpy()
-                        if pool is None:
-                            out[rows] = forward(images)
-                            done[rows] = True
-                        else:
-                            running.append((rows, pool.submit(forward, images)))
-                            collect(passes)
+                        passes_in_order.submit(rows.numpy(), forward, images)
                     bar.update(len(batch["index"]) + len(batch["failed"]))
                     if step % flush_every == 0:
                         save_state()
-                collect(0)
+                passes_in_order.drain()
         finally:
             save_state()
             bar.close()

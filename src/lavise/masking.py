@@ -31,13 +31,12 @@ e.g. with :func:`pool_in_chunks`.
 from __future__ import annotations
 
 import logging
-from collections import deque
 from typing import Callable, ClassVar, Iterator, Sequence, TypeVar
 
 import torch
 import torch.nn.functional as F
 
-from lavise._parallel import resolve_passes, side_by_side
+from lavise._parallel import InOrder, resolve_passes, side_by_side
 from lavise._registry import Registry
 from lavise.statistics import fires
 
@@ -371,12 +370,10 @@ class ImageMasking(MaskingMethod):
         empty: list[int] = []
         pending: list[tuple[int, torch.Tensor]] = []  # (pair, its mask) waiting for a forward pass
 
-        running: deque = deque()  # (rows, future) of passes in the pool's threads
+        def write(rows: torch.Tensor, pooled: torch.Tensor) -> None:
+            out[rows] = pooled.to(dtype)
 
-        def collect(keep: int) -> None:
-            while len(running) > keep:
-                rows, future = running.popleft()
-                out[rows] = future.result().to(dtype)
+        passes = InOrder(pool, write, limit=in_flight)
 
         def run() -> None:
             if not pending:
@@ -384,11 +381,7 @@ class ImageMasking(MaskingMethod):
             rows = torch.tensor([p for p, _ in pending], device=device)
             masked = images[pair_b[rows]] * torch.stack([m for _, m in pending])
             pending.clear()
-            if pool is None:
-                out[rows] = self._pool(extract, masked, d).to(dtype)
-                return
-            running.append((rows, pool.submit(self._pool, extract, masked, d)))
-            collect(in_flight)
+            passes.submit(rows, self._pool, extract, masked, d)
 
         seen: dict[tuple[int, bytes], int] = {}
         for start in range(0, pair_b.numel(), chunk_size):
@@ -411,7 +404,7 @@ class ImageMasking(MaskingMethod):
                 if len(pending) == chunk_size:
                     run()
         run()
-        collect(0)
+        passes.drain()
         if empty:
             zero = torch.zeros((1,) + tuple(images.shape[1:]), device=device, dtype=dtype)
             out[torch.tensor(empty, device=device)] = self._pool(extract, zero, d).to(dtype)
